@@ -1,0 +1,54 @@
+# smtpd-starttls-proxy-io: POSIX make, no configure step.
+PROG = smtpd-starttls-proxy-io
+CC = cc
+CFLAGS = -O2 -std=c99 -Wall -Wextra -pedantic
+CPPFLAGS = -D_POSIX_C_SOURCE=200809L
+LDFLAGS =
+PREFIX = /usr/local
+BINDIR = $(PREFIX)/bin
+MANDIR = $(PREFIX)/share/man
+PYTHON = python3
+
+OBJS = proxy.o smtp.o ucspitls.o relay.o io.o
+TESTS = tests/test_smtp tests/test_ucspitls
+
+all: $(PROG)
+
+$(PROG): $(OBJS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(OBJS)
+
+.c.o:
+	$(CC) $(CFLAGS) $(CPPFLAGS) -c -o $@ $<
+
+proxy.o: proxy.c io.h relay.h smtp.h ucspitls.h
+smtp.o: smtp.c smtp.h
+ucspitls.o: ucspitls.c io.h ucspitls.h
+relay.o: relay.c io.h relay.h
+io.o: io.c io.h
+
+tests/test_smtp: tests/test_smtp.c tests/check.h smtp.o
+	$(CC) $(CFLAGS) $(CPPFLAGS) -I. -o $@ tests/test_smtp.c smtp.o
+
+tests/test_ucspitls: tests/test_ucspitls.c tests/check.h ucspitls.o io.o
+	$(CC) $(CFLAGS) $(CPPFLAGS) -I. -o $@ tests/test_ucspitls.c ucspitls.o io.o
+
+check: $(PROG) $(TESTS)
+	$(PYTHON) tests/run.py
+
+demo: $(PROG)
+	$(PYTHON) tests/demo.py
+
+install: $(PROG)
+	mkdir -p $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8
+	cp $(PROG) $(DESTDIR)$(BINDIR)/$(PROG)
+	chmod 755 $(DESTDIR)$(BINDIR)/$(PROG)
+	cp $(PROG).8 $(DESTDIR)$(MANDIR)/man8/$(PROG).8
+	chmod 644 $(DESTDIR)$(MANDIR)/man8/$(PROG).8
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/$(PROG) $(DESTDIR)$(MANDIR)/man8/$(PROG).8
+
+clean:
+	rm -f $(PROG) $(OBJS) $(TESTS)
+
+.PHONY: all check demo install uninstall clean

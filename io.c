@@ -1,0 +1,64 @@
+/* io.c: a monotonic clock and deadline-bounded waits on one fd. */
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <time.h>
+#include <unistd.h>
+#include "io.h"
+
+long long io_now(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+long long io_deadline(unsigned long timeout)
+{
+  return timeout ? io_now() + (long long)timeout : 0;
+}
+
+int io_left(long long deadline)
+{
+  long long left;
+  if (!deadline) return -1;
+  left = deadline - io_now();
+  if (left < 0) return 0;
+  return left > INT_MAX ? INT_MAX : (int)left;
+}
+
+int io_wait(int fd, short events, long long deadline)
+{
+  struct pollfd p;
+  int r;
+  p.fd = fd;
+  p.events = events;
+  for (;;) {
+    int left = io_left(deadline);
+    r = poll(&p, 1, left);
+    if (r > 0) return 1;
+    if (!r && !left) return 0;
+    if (r < 0 && errno != EINTR) return -1;
+  }
+}
+
+int io_writeall(int fd, const char *s, size_t n, size_t *done, long long deadline)
+{
+  while (n) {
+    ssize_t w;
+    int r = io_wait(fd, POLLOUT, deadline);
+    if (r < 0) return -1;
+    if (!r) { errno = ETIMEDOUT; return -1; }
+    /* at most 512 bytes per write: a blocking fd that polled writable
+     * takes that much without blocking (PIPE_BUF, SO_SNDLOWAT) */
+    w = write(fd, s, n > 512 ? 512 : n);
+    if (w < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return -1;
+    }
+    s += w;
+    n -= (size_t)w;
+    *done += (size_t)w;
+  }
+  return 0;
+}

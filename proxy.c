@@ -1,0 +1,315 @@
+/* proxy.c: options, environment, the fork, and the session: the poll loop
+ * between the client and the smtpd until the SMTP engine hands the session
+ * to the relay. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "io.h"
+#include "relay.h"
+#include "smtp.h"
+#include "ucspitls.h"
+
+#define PROG "smtpd-starttls-proxy-io"
+#define USAGE "usage: " PROG " [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -r ] [ -a ] [ -B ] [ -- ] smtpd [ args... ]"
+
+extern char **environ;
+
+static unsigned long verbosity = 1;
+static unsigned long timeout = 300000;
+static unsigned long relaytimeout;
+static int builtin;
+static unsigned flags;
+static int ctlfd, readfd, writefd;
+static struct smtp engine;
+
+/* One line per event, written at once so lines from both processes do not mix. */
+static void say(unsigned long level, const char *kind, const char *fmt, ...)
+{
+  char buf[512];
+  int n;
+  va_list ap;
+  if (verbosity < level) return;
+  n = snprintf(buf, sizeof buf - 1, "%s: %s: ", PROG, kind);
+  va_start(ap, fmt);
+  n += vsnprintf(buf + n, sizeof buf - 1 - (size_t)n, fmt, ap);
+  va_end(ap);
+  if (n > (int)sizeof buf - 2) n = (int)sizeof buf - 2;
+  buf[n++] = '\n';
+  while (write(2, buf, (size_t)n) < 0 && errno == EINTR) ;
+}
+
+#define fatal(code, ...) (say(0, "fatal", __VA_ARGS__), _exit(code))
+#define warn(...) say(1, "warning", __VA_ARGS__)
+#define info(...) say(2, "info", __VA_ARGS__)
+
+static void usage(void)
+{
+  say(0, "fatal", "%s", USAGE);
+  _exit(100);
+}
+
+static unsigned long number(const char *s, char opt)
+{
+  unsigned long v = 0;
+  if (!*s) usage();
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9' || v > (~0UL - 9) / 10) {
+      say(0, "fatal", "-%c wants a decimal number of milliseconds or a level", opt);
+      _exit(100);
+    }
+    v = v * 10 + (unsigned long)(*s - '0');
+  }
+  return v;
+}
+
+/* POSIX getopt would do, but GNU's permutes arguments: the smtpd's own
+ * options must never be taken for ours. */
+static char **options(char **argv)
+{
+  for (argv++; *argv && argv[0][0] == '-' && argv[0][1]; argv++) {
+    const char *s = *argv + 1;
+    if (!strcmp(*argv, "--")) return argv + 1;
+    for (; *s; s++) {
+      char c = *s;
+      switch (c) {
+      case 'r': flags |= SMTP_REQUIRETLS; break;
+      case 'a': flags |= SMTP_PLAINAUTH; break;
+      case 'B': builtin = 1; break;
+      case 'v': case 't': case 'T': {
+        unsigned long v;
+        const char *arg = s[1] ? s + 1 : *++argv;
+        if (!arg) usage();
+        v = number(arg, c);
+        if (c == 'v') verbosity = v;
+        else if (c == 't') timeout = v;
+        else relaytimeout = v;
+        s = arg + strlen(arg) - 1;
+        break;
+      }
+      default: usage();
+      }
+    }
+  }
+  return argv;
+}
+
+static int getfd(const char *name)
+{
+  const char *problem, *v;
+  int fd;
+  if (!ucspitls_fd(name, &fd, &problem)) return fd;
+  v = getenv(name);
+  if (v && *v) fatal(100, "%s=%.32s %s", name, v, problem);
+  fatal(100, "%s %s", name, problem);
+  return -1;
+}
+
+/* What the smtpd must not learn: our descriptors, and where the TLS
+ * server's key and certificates live. */
+static int secret(const char *s)
+{
+  static const char *const exact[] = {
+    "SSLCTLFD", "SSLREADFD", "SSLWRITEFD", "CERTFILE", "KEYFILE", "CAFILE",
+    "CADIR", "TLS_UID", "TLS_GID"
+  };
+  size_t i, n = strcspn(s, "=");
+  for (i = 0; i < sizeof exact / sizeof exact[0]; i++)
+    if (strlen(exact[i]) == n && !strncmp(s, exact[i], n)) return 1;
+  return !strncmp(s, "KEYFILE:", 8) || !strncmp(s, "CERTFILE:", 9);
+}
+
+static void cleanenv(void)
+{
+  char **r, **w;
+  for (r = w = environ; *r; r++)
+    if (!secret(*r)) *w++ = *r;
+  *w = 0;
+}
+
+static void closeabove2(int fd)
+{
+  if (fd > 2) close(fd);
+}
+
+/* The parent becomes the smtpd, keeping the pid the super-server knows. */
+static void smtpd(char **argv, int in, int out, int p[4])
+{
+  int i;
+  if (dup2(in, 0) < 0 || dup2(out, 1) < 0) fatal(111, "unable to set up the smtpd's stdin and stdout: %s", strerror(errno));
+  for (i = 0; i < 4; i++) close(p[i]);
+  closeabove2(ctlfd);
+  closeabove2(readfd);
+  closeabove2(writefd);
+  cleanenv();
+  execvp(argv[0], argv);
+  fatal(111, "unable to exec %s: %s", argv[0], strerror(errno));
+}
+
+static void finish(void)
+{
+  const char *out;
+  size_t n = smtp_client_output(&engine, &out), done = 0;
+  int code = smtp_exitcode(&engine);
+  io_writeall(1, out, n, &done, io_deadline(timeout));
+  switch (smtp_why(&engine)) {
+  case SMTP_WHY_SERVERBROKEN: fatal(1, "the smtpd sent a line that is not an SMTP reply");
+  case SMTP_WHY_SERVERLONG: fatal(1, "the smtpd sent a reply line longer than %d bytes", SMTP_REPLYMAX);
+  case SMTP_WHY_ERRORS: warn("client sent too many malformed lines: closing"); break;
+  case SMTP_WHY_TIMEOUT: warn("no traffic for %lu ms: closing", timeout); break;
+  default:
+    if (code) info("the smtpd closed with replies still owed");
+    break;
+  }
+  _exit(code);
+}
+
+static void move_to(int from, int to)
+{
+  if (from == to) return;
+  if (dup2(from, to) < 0) fatal(111, "unable to move the TLS descriptors: %s", strerror(errno));
+}
+
+static void handshake(void)
+{
+  struct ucspitls_block b;
+  int r, w;
+  switch (ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), &b)) {
+  case UCSPITLS_OK: break;
+  case UCSPITLS_FAILED: warn("TLS handshake failed"); _exit(1);
+  case UCSPITLS_TIMEOUT: warn("timed out waiting for the TLS handshake"); _exit(99);
+  case UCSPITLS_TOOBIG: fatal(1, "the UCSPI-TLS information block is over %lu bytes", UCSPITLS_BLOCKMAX);
+  case UCSPITLS_ERROR: fatal(111, "unable to talk to the UCSPI-TLS server: %s", strerror(errno));
+  }
+  info("TLS started: protocol %s, cipher %s", b.protocol[0] ? b.protocol : "unknown",
+       b.cipher[0] ? b.cipher : "unknown");
+  if (ctlfd != readfd && ctlfd != writefd) close(ctlfd);
+  /* the TLS pipes become fds 0/1; the raw socket is the TLS engine's now */
+  r = fcntl(readfd, F_DUPFD, 3);
+  w = fcntl(writefd, F_DUPFD, 3);
+  if (r < 0 || w < 0) fatal(111, "unable to move the TLS descriptors: %s", strerror(errno));
+  move_to(r, 0);
+  move_to(w, 1);
+  close(r);
+  close(w);
+  closeabove2(readfd);
+  if (writefd != readfd) closeabove2(writefd);
+  smtp_tls_started(&engine);
+}
+
+static void relay(int sr, int sw)
+{
+  struct smtp_leftover l;
+  int i;
+  smtp_leftover(&engine, &l);
+  for (i = 0; i < 2; i++)
+    if (relay_preload(RELAY_TOCLIENT, l.toclient[i], l.toclientlen[i]) < 0
+        || relay_preload(RELAY_TOSERVER, l.toserver[i], l.toserverlen[i]) < 0)
+      fatal(111, "relay buffers too small for the leftovers");
+  if (!builtin && !relay_flush(1, sw, io_deadline(timeout))) {
+    relay_exec(sr, sw, relaytimeout);
+    info("unable to exec s6-ioconnect: %s: using the built-in relay", strerror(errno));
+  }
+  switch (relay_run(0, 1, sr, sw, relaytimeout, relaytimeout ? relaytimeout : timeout)) {
+  case RELAY_OK: _exit(0);
+  case RELAY_TIMEOUT: warn("relay: no traffic for %lu ms: closing", relaytimeout ? relaytimeout : timeout); _exit(99);
+  case RELAY_ERROR: fatal(111, "relay: %s", strerror(errno));
+  }
+}
+
+static int again(void)
+{
+  return errno == EINTR || errno == EAGAIN;
+}
+
+static void session(int sr, int sw)
+{
+  long long deadline = io_deadline(timeout);
+  int swopen = 1;
+  for (;;) {
+    struct pollfd p[4];
+    const char *out, *sout;
+    char *cin = 0, *sin = 0;
+    size_t cout, soutn, croom, sroom;
+    int moved = 0, r;
+    enum smtp_status st = smtp_status(&engine);
+    cout = smtp_client_output(&engine, &out);
+    if (st == SMTP_CLOSE) finish();
+    if (st == SMTP_RELAY) relay(sr, sw);
+    if (st == SMTP_STARTTLS && !cout) { handshake(); deadline = io_deadline(timeout); continue; }
+    if (swopen && smtp_server_done(&engine)) { close(sw); swopen = 0; }
+    croom = smtp_client_room(&engine, &cin);
+    sroom = smtp_server_room(&engine, &sin);
+    soutn = swopen ? smtp_server_output(&engine, &sout) : 0;
+    p[0].fd = croom ? 0 : -1; p[0].events = POLLIN;
+    p[1].fd = cout ? 1 : -1; p[1].events = POLLOUT;
+    p[2].fd = sroom ? sr : -1; p[2].events = POLLIN;
+    p[3].fd = soutn ? sw : -1; p[3].events = POLLOUT;
+    r = poll(p, 4, io_left(deadline));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      fatal(111, "poll: %s", strerror(errno));
+    }
+    if (!r) {
+      if (!io_left(deadline)) smtp_timeout(&engine);
+      continue;
+    }
+    if (p[1].revents) {
+      /* fd 1 may be the super-server's socket, left blocking: small writes */
+      ssize_t w = write(1, out, cout > 512 ? 512 : cout);
+      if (w > 0) { smtp_client_sent(&engine, (size_t)w); moved = 1; }
+      else if (w < 0 && !again()) { info("client connection lost: %s", strerror(errno)); _exit(1); }
+    }
+    if (p[3].revents) {
+      ssize_t w = write(sw, sout, soutn);
+      if (w > 0) { smtp_server_sent(&engine, (size_t)w); moved = 1; }
+      else if (w < 0 && !again()) smtp_server_sent(&engine, soutn); /* gone: its EOF follows */
+    }
+    if (p[0].revents && smtp_client_room(&engine, &cin)) {
+      ssize_t n = read(0, cin, croom);
+      if (n > 0) { smtp_client_input(&engine, (size_t)n); moved = 1; }
+      else if (!n || !again()) smtp_client_eof(&engine);
+    }
+    if (p[2].revents && smtp_server_room(&engine, &sin)) {
+      ssize_t n = read(sr, sin, sroom);
+      if (n > 0) { smtp_server_input(&engine, (size_t)n); moved = 1; }
+      else if (!n || !again()) smtp_server_eof(&engine);
+    }
+    if (moved) deadline = io_deadline(timeout);
+  }
+}
+
+int main(int argc, char **argv)
+{
+  int toserver[2], fromserver[2], p[4];
+  pid_t pid;
+  (void)argc;
+  argv = options(argv);
+  if (!*argv) usage();
+  ctlfd = getfd("SSLCTLFD");
+  readfd = getfd("SSLREADFD");
+  writefd = getfd("SSLWRITEFD");
+  if (fcntl(0, F_GETFD) < 0 || fcntl(1, F_GETFD) < 0)
+    fatal(100, "fds 0 and 1 must be the client connection");
+  if (fcntl(2, F_GETFD) < 0 && open("/dev/null", O_WRONLY) != 2)
+    fatal(111, "unable to open /dev/null as fd 2: %s", strerror(errno));
+  if (pipe(toserver) < 0 || pipe(fromserver) < 0) fatal(111, "pipe: %s", strerror(errno));
+  p[0] = toserver[0]; p[1] = toserver[1]; p[2] = fromserver[0]; p[3] = fromserver[1];
+  pid = fork();
+  if (pid < 0) fatal(111, "fork: %s", strerror(errno));
+  if (pid) smtpd(argv, toserver[0], fromserver[1], p);
+  signal(SIGPIPE, SIG_IGN);
+  close(toserver[0]);
+  close(fromserver[1]);
+  /* these pipe ends are ours alone: never blocking */
+  fcntl(toserver[1], F_SETFL, fcntl(toserver[1], F_GETFL) | O_NONBLOCK);
+  fcntl(fromserver[0], F_SETFL, fcntl(fromserver[0], F_GETFL) | O_NONBLOCK);
+  smtp_init(&engine, flags);
+  session(fromserver[0], toserver[1]);
+  return 0;
+}

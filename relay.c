@@ -1,0 +1,156 @@
+/* relay.c: the final relay. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "io.h"
+#include "relay.h"
+
+struct flow {
+  int from, to;
+  int eof;      /* the source ended (or failed) */
+  int dead;     /* the destination failed: what comes is read and dropped */
+  int ended;    /* EOF passed on */
+  size_t off, len;
+  char buf[RELAY_BUFSIZE];
+};
+
+static struct flow flows[2];
+
+int relay_preload(enum relay_dir d, const char *s, size_t n)
+{
+  struct flow *f = &flows[d];
+  if (RELAY_BUFSIZE - f->len < n) return -1;
+  memcpy(f->buf + f->len, s, n);
+  f->len += n;
+  return 0;
+}
+
+static int flushone(struct flow *f, int fd, long long deadline)
+{
+  int r = io_writeall(fd, f->buf + f->off, f->len - f->off, &f->off, deadline);
+  if (!r) f->off = f->len = 0;
+  return r;
+}
+
+int relay_flush(int cfdw, int sfdw, long long deadline)
+{
+  if (flushone(&flows[RELAY_TOCLIENT], cfdw, deadline) < 0) return -1;
+  return flushone(&flows[RELAY_TOSERVER], sfdw, deadline);
+}
+
+static void fmtfd(char *s, int fd)
+{
+  sprintf(s, "%d", fd);
+}
+
+void relay_exec(int sfdr, int sfdw, unsigned long timeout)
+{
+  char r[16], w[16], t[24];
+  char *argv[8];
+  int i = 0;
+  fmtfd(r, sfdr);
+  fmtfd(w, sfdw);
+  argv[i++] = (char *)"s6-ioconnect";
+  if (timeout) {
+    sprintf(t, "%lu", timeout);
+    argv[i++] = (char *)"-t";
+    argv[i++] = t;
+  }
+  argv[i++] = (char *)"-r";
+  argv[i++] = r;
+  argv[i++] = (char *)"-w";
+  argv[i++] = w;
+  argv[i] = 0;
+  execvp(argv[0], argv);
+}
+
+static void endflow(struct flow *f, int samefd)
+{
+  struct stat st;
+  f->ended = 1;
+  f->len = f->off = 0;
+  if (fstat(f->to, &st) == 0 && S_ISSOCK(st.st_mode)) shutdown(f->to, SHUT_WR);
+  else if (!samefd) close(f->to);
+}
+
+static int moveflow(struct flow *f, short rev, short wev)
+{
+  ssize_t r;
+  int moved = 0;
+  if (rev) {
+    size_t at = f->dead ? 0 : f->len;
+    r = read(f->from, f->buf + at, RELAY_BUFSIZE - at);
+    if (r > 0) { moved = 1; if (!f->dead) f->len += (size_t)r; }
+    else if (!r || (errno != EINTR && errno != EAGAIN)) f->eof = 1;
+  }
+  if (wev && f->len > f->off && !f->dead) {
+    r = write(f->to, f->buf + f->off, f->len - f->off);
+    if (r > 0) {
+      moved = 1;
+      f->off += (size_t)r;
+      if (f->off == f->len) f->off = f->len = 0;
+    } else if (r < 0 && errno != EINTR && errno != EAGAIN) {
+      f->dead = 1;
+      f->off = f->len = 0;
+    }
+  }
+  return moved;
+}
+
+enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
+                            unsigned long timeout, unsigned long draintimeout)
+{
+  int fds[4], fl[4], i, saved;
+  struct flow *up = &flows[RELAY_TOSERVER], *down = &flows[RELAY_TOCLIENT];
+  enum relay_result res = RELAY_OK;
+  long long deadline;
+  fds[0] = cfdr; fds[1] = cfdw; fds[2] = sfdr; fds[3] = sfdw;
+  /* all flags are read before any is set: 0 and 1 may share one socket */
+  for (i = 0; i < 4; i++) fl[i] = fcntl(fds[i], F_GETFL);
+  for (i = 0; i < 4; i++) if (fl[i] >= 0) fcntl(fds[i], F_SETFL, fl[i] | O_NONBLOCK);
+  up->from = cfdr; up->to = sfdw;
+  down->from = sfdr; down->to = cfdw;
+  deadline = io_deadline(timeout);
+  for (;;) {
+    struct pollfd p[4];
+    int r;
+    if (up->eof && up->len == up->off && !up->ended) endflow(up, 0);
+    if (down->eof && down->len == down->off && !down->ended) endflow(down, cfdw == cfdr);
+    if (up->ended && down->ended) break;
+    if (down->ended && !up->eof && !up->dead) {
+      /* the smtpd is done: whatever the client still says goes nowhere */
+      up->dead = 1;
+      up->off = up->len = 0;
+      if (timeout != draintimeout) deadline = io_deadline(draintimeout);
+    }
+    p[0].fd = cfdr; p[0].events = !up->eof && (up->dead || up->len < RELAY_BUFSIZE) ? POLLIN : 0;
+    p[1].fd = sfdw; p[1].events = up->len > up->off && !up->dead ? POLLOUT : 0;
+    p[2].fd = sfdr; p[2].events = !down->eof && (down->dead || down->len < RELAY_BUFSIZE) ? POLLIN : 0;
+    p[3].fd = cfdw; p[3].events = down->len > down->off && !down->dead ? POLLOUT : 0;
+    for (i = 0; i < 4; i++) if (!p[i].events) p[i].fd = -1;
+    r = poll(p, 4, io_left(deadline));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      res = RELAY_ERROR;
+      break;
+    }
+    if (!r) {
+      if (io_left(deadline)) continue;
+      res = RELAY_TIMEOUT;
+      break;
+    }
+    if (moveflow(up, p[0].revents, p[1].revents) | moveflow(down, p[2].revents, p[3].revents)) {
+      if (down->ended) deadline = io_deadline(draintimeout);
+      else deadline = io_deadline(timeout);
+    }
+  }
+  saved = errno;
+  for (i = 0; i < 4; i++) if (fl[i] >= 0) fcntl(fds[i], F_SETFL, fl[i]);
+  errno = saved;
+  return res;
+}

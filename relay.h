@@ -1,0 +1,35 @@
+/* relay.h: the final relay between the client and the smtpd, once the
+ * proxy has nothing left to decide: s6-ioconnect, or the built-in copy. */
+#ifndef RELAY_H
+#define RELAY_H
+
+#include <stddef.h>
+
+#define RELAY_BUFSIZE 65536 /* per direction; holds the engine's leftovers too */
+
+enum relay_dir { RELAY_TOSERVER, RELAY_TOCLIENT };
+enum relay_result { RELAY_OK, RELAY_TIMEOUT, RELAY_ERROR };
+
+/* Queues n bytes to go out in direction d before anything relayed.
+ * Returns 0, or -1 if they do not fit. */
+int relay_preload(enum relay_dir d, const char *s, size_t n);
+
+/* Writes the queued bytes (client side first) waiting at most until
+ * deadline. Returns 0, or -1 with errno; what could not be written stays
+ * queued for relay_run(). */
+int relay_flush(int cfdw, int sfdw, long long deadline);
+
+/* Becomes s6-ioconnect between fds 0/1 and the smtpd's pipes, with idle
+ * timeout ms (0: none). Returns only if it cannot be executed; errno says why. */
+void relay_exec(int sfdr, int sfdw, unsigned long timeout);
+
+/* The built-in relay: client cfdr -> sfdw and sfdr -> cfdw, queued bytes
+ * first, until both directions have ended; EOF is passed on by close (pipe)
+ * or shutdown (socket). timeout: idle ms (0: none). Once the smtpd's side
+ * has ended, the client's is read and discarded until its EOF, so that a TLS
+ * engine never loses its pipe while it still holds our last bytes; draintimeout
+ * bounds that wait. Descriptor flags are as they were on return. */
+enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
+                            unsigned long timeout, unsigned long draintimeout);
+
+#endif

@@ -1,0 +1,832 @@
+/* Unit tests of the SMTP engine: bytes in, bytes and decisions out. */
+#include <stdlib.h>
+#include "smtp.h"
+#include "check.h"
+
+static struct smtp e;
+static char outbuf[1 << 20];
+
+static void start(unsigned flags)
+{
+  smtp_init(&e, flags);
+}
+
+/* Feeds what the engine takes; returns how many bytes it took. */
+static size_t client_n(const char *s, size_t n)
+{
+  size_t done = 0;
+  while (done < n) {
+    char *p;
+    size_t room = smtp_client_room(&e, &p);
+    if (!room) break;
+    if (room > n - done) room = n - done;
+    memcpy(p, s + done, room);
+    smtp_client_input(&e, room);
+    done += room;
+  }
+  return done;
+}
+
+static void client(const char *s)
+{
+  size_t n = strlen(s);
+  CHECK(client_n(s, n) == n);
+}
+
+static size_t server_n(const char *s, size_t n)
+{
+  size_t done = 0;
+  while (done < n) {
+    char *p;
+    size_t room = smtp_server_room(&e, &p);
+    if (!room) break;
+    if (room > n - done) room = n - done;
+    memcpy(p, s + done, room);
+    smtp_server_input(&e, room);
+    done += room;
+  }
+  return done;
+}
+
+static void server(const char *s)
+{
+  size_t n = strlen(s);
+  CHECK(server_n(s, n) == n);
+}
+
+/* What the engine has for the client since the last call, as a string. */
+static const char *toclient(void)
+{
+  const char *p;
+  size_t n, len = 0;
+  while ((n = smtp_client_output(&e, &p)) > 0) {
+    if (len + n >= sizeof outbuf) n = sizeof outbuf - 1 - len;
+    memcpy(outbuf + len, p, n);
+    len += n;
+    smtp_client_sent(&e, n);
+  }
+  outbuf[len] = 0;
+  return outbuf;
+}
+
+static const char *toserver(void)
+{
+  const char *p;
+  size_t n, len = 0;
+  while ((n = smtp_server_output(&e, &p)) > 0) {
+    memcpy(outbuf + len, p, n);
+    len += n;
+    smtp_server_sent(&e, n);
+  }
+  outbuf[len] = 0;
+  return outbuf;
+}
+
+/* A session past the greeting. */
+static void greeted(unsigned flags)
+{
+  start(flags);
+  server("220 mx.example ESMTP\r\n");
+  CHECK_STR(toclient(), "220 mx.example ESMTP\r\n");
+}
+
+/* --- replies --- */
+
+static void greeting_multiline(void)
+{
+  start(0);
+  server("220-a\r\n220-b\r\n220 c\r\n");
+  CHECK_STR(toclient(), "220-a\r\n220-b\r\n220 c\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void greeting_split_bytewise(void)
+{
+  const char *g = "220-first\r\n220 second\r\n";
+  size_t i;
+  start(0);
+  for (i = 0; g[i]; i++) CHECK(server_n(g + i, 1) == 1);
+  CHECK_STR(toclient(), g);
+}
+
+static void bare_code_reply(void)
+{
+  greeted(0);
+  client("NOOP\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+  server("250\r\n");
+  CHECK_STR(toclient(), "250\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void garbage_reply_is_fatal(void)
+{
+  greeted(0);
+  client("NOOP\r\n");
+  toserver();
+  server("hello there\r\n");
+  CHECK_STR(toclient(), "421 4.3.0 Mail server error, closing connection\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_exitcode(&e) == 1);
+  CHECK(smtp_why(&e) == SMTP_WHY_SERVERBROKEN);
+}
+
+static void garbage_greeting_is_fatal(void)
+{
+  start(0);
+  server("* OK IMAP4 ready\r\n");
+  CHECK_STR(toclient(), "421 4.3.0 Mail server error, closing connection\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+}
+
+static void multiline_help_then_next(void)
+{
+  greeted(0);
+  client("HELP\r\nNOOP\r\nRCPT TO:<a@b>\r\n");
+  CHECK_STR(toserver(), "HELP\r\nNOOP\r\n");
+  server("214-line one\r\n214-line two\r\n");
+  CHECK_STR(toclient(), "214-line one\r\n214-line two\r\n");
+  server("214 end\r\n250 2.0.0 ok\r\n");
+  CHECK_STR(toclient(), "214 end\r\n250 2.0.0 ok\r\n503 5.5.1 Bad sequence of commands: MAIL first\r\n");
+}
+
+static void unsolicited_then_eof(void)
+{
+  greeted(0);
+  server("421 mx.example timeout\r\n");
+  CHECK_STR(toclient(), "421 mx.example timeout\r\n");
+  smtp_server_eof(&e);
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_exitcode(&e) == 0);
+  CHECK_STR(toclient(), "");
+}
+
+static void long_reply_lines(void)
+{
+  static char line[4200], want[4300];
+  greeted(0);
+  memset(line, 'x', sizeof line);
+  memcpy(line, "250-mx.example hello ", 21);
+  memcpy(line + 4000, "\r\n250 PIPELINING\r\n", 19);
+  client("EHLO x\r\n");
+  toserver();
+  server(line);
+  memcpy(want, line, 4002);
+  strcpy(want + 4002, "250-PIPELINING\r\n250 STARTTLS\r\n");
+  CHECK_STR(toclient(), want);
+  client("HELP\r\n");
+  toserver();
+  memcpy(line, "214 ", 4);
+  memcpy(line + 3000, "\r\n", 3);
+  server(line);
+  CHECK_STR(toclient(), line);
+}
+
+static void overlong_reply_is_fatal(void)
+{
+  static char line[SMTP_REPLYMAX + 10];
+  greeted(0);
+  client("HELP\r\n");
+  toserver();
+  memset(line, 'y', sizeof line - 1);
+  memcpy(line, "214 ", 4);
+  line[sizeof line - 1] = 0;
+  server_n(line, sizeof line - 1);
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_why(&e) == SMTP_WHY_SERVERLONG);
+  CHECK_STR(toclient(), "421 4.3.0 Mail server error, closing connection\r\n");
+}
+
+/* --- EHLO rewriting --- */
+
+static void ehlo_single_line(void)
+{
+  greeted(0);
+  client("EHLO client.example\r\n");
+  CHECK_STR(toserver(), "EHLO client.example\r\n");
+  server("250 mx.example\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250 STARTTLS\r\n");
+}
+
+static void ehlo_multi_line(void)
+{
+  greeted(0);
+  client("ehlo client.example\r\n");
+  toserver();
+  server("250-mx.example Hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n");
+  CHECK_STR(toclient(), "250-mx.example Hello\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 STARTTLS\r\n");
+}
+
+static void ehlo_bare_domain_line(void)
+{
+  greeted(0);
+  client("EHLO x\r\n");
+  toserver();
+  server("250\r\n");
+  CHECK_STR(toclient(), "250-\r\n250 STARTTLS\r\n");
+}
+
+static void ehlo_5xx_untouched(void)
+{
+  greeted(0);
+  client("EHLO x\r\n");
+  toserver();
+  server("550-not you\r\n550 go away\r\n");
+  CHECK_STR(toclient(), "550-not you\r\n550 go away\r\n");
+  client("EHLO y\r\n");
+  toserver();
+  server("421 4.3.2 busy\r\n");
+  CHECK_STR(toclient(), "421 4.3.2 busy\r\n");
+}
+
+static void ehlo_starttls_already(void)
+{
+  greeted(0);
+  client("EHLO x\r\n");
+  toserver();
+  server("250-mx.example\r\n250-STARTTLS\r\n250 SIZE 1000\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250-STARTTLS\r\n250 SIZE 1000\r\n");
+  client("STARTTLS\r\n");
+  CHECK_STR(toserver(), "RSET\r\n");
+}
+
+static void ehlo_auth_hidden(void)
+{
+  greeted(0);
+  client("EHLO x\r\n");
+  toserver();
+  server("250-mx.example\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=LOGIN\r\n250-SIZE 10\r\n250 auth cram-md5\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250-SIZE 10\r\n250 STARTTLS\r\n");
+  client("AUTH PLAIN AGFAYg==\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(), "530 5.7.0 Must issue a STARTTLS command first\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void ehlo_auth_last_with_starttls(void)
+{
+  greeted(0);
+  client("EHLO x\r\n");
+  toserver();
+  server("250-mx.example\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250 STARTTLS\r\n");
+}
+
+static void plainauth_allowed(void)
+{
+  greeted(SMTP_PLAINAUTH);
+  client("EHLO x\r\n");
+  toserver();
+  server("250-mx.example\r\n250 AUTH PLAIN\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n");
+  client("AUTH PLAIN AGFAYg==\r\n");
+  CHECK_STR(toserver(), "AUTH PLAIN AGFAYg==\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+}
+
+/* --- command policy --- */
+
+static const char *joined(const char *const p[2], const size_t n[2])
+{
+  static char s[SMTP_COUTSIZE + SMTP_SINSIZE + 1];
+  memcpy(s, p[0], n[0]);
+  memcpy(s + n[0], p[1], n[1]);
+  s[n[0] + n[1]] = 0;
+  return s;
+}
+
+static void helo_commits(void)
+{
+  struct smtp_leftover l;
+  greeted(0);
+  client("HELO x\r\nMAIL FROM:<a@b>\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+  smtp_leftover(&e, &l);
+  CHECK_STR(joined(l.toserver, l.toserverlen), "HELO x\r\nMAIL FROM:<a@b>\r\n");
+}
+
+static void mail_commits(void)
+{
+  greeted(0);
+  client("MAIL FROM:<a@b>\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+  CHECK_STR(toserver(), "MAIL FROM:<a@b>\r\n");
+}
+
+static void requiretls_policy(void)
+{
+  greeted(SMTP_REQUIRETLS | SMTP_PLAINAUTH);
+  client("HELO x\r\n");
+  CHECK_STR(toserver(), "HELO x\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  server("250 mx.example\r\n");
+  CHECK_STR(toclient(), "250 mx.example\r\n");
+  client("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nVRFY x\r\nEXPN y\r\nAUTH PLAIN x\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(),
+            "530 5.7.0 Must issue a STARTTLS command first\r\n"
+            "530 5.7.0 Must issue a STARTTLS command first\r\n"
+            "530 5.7.0 Must issue a STARTTLS command first\r\n"
+            "530 5.7.0 Must issue a STARTTLS command first\r\n"
+            "530 5.7.0 Must issue a STARTTLS command first\r\n"
+            "530 5.7.0 Must issue a STARTTLS command first\r\n");
+  client("NOOP\r\nRSET\r\nHELP\r\nQUIT\r\n");
+  CHECK_STR(toserver(), "NOOP\r\nRSET\r\nHELP\r\nQUIT\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void requiretls_hides_auth(void)
+{
+  greeted(SMTP_REQUIRETLS | SMTP_PLAINAUTH);
+  client("EHLO x\r\n");
+  toserver();
+  server("250-mx.example\r\n250 AUTH PLAIN\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250 STARTTLS\r\n");
+}
+
+static void local_replies(void)
+{
+  greeted(0);
+  client("RCPT TO:<a@b>\r\nDATA\r\nBDAT 10 LAST\r\nFROB\r\nSTARTTLS now\r\n\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(),
+            "503 5.5.1 Bad sequence of commands: MAIL first\r\n"
+            "503 5.5.1 Bad sequence of commands: MAIL first\r\n"
+            "503 5.5.1 Bad sequence of commands: MAIL first\r\n"
+            "500 5.5.1 Command unrecognized\r\n"
+            "501 5.5.4 STARTTLS takes no parameters\r\n"
+            "500 5.5.2 Syntax error: empty command\r\n");
+}
+
+static void verbs_case_insensitive(void)
+{
+  greeted(0);
+  client("nOoP\r\nrset\r\nVrFy x\r\nExPn y\r\nhelp\r\nQuIt\r\n");
+  CHECK_STR(toserver(), "nOoP\r\nrset\r\nVrFy x\r\nExPn y\r\nhelp\r\nQuIt\r\n");
+  client("rcpt TO:<a>\r\n");
+  server("250 a\r\n250 b\r\n250 c\r\n250 d\r\n214 e\r\n221 f\r\n");
+  CHECK_STR(toclient(), "250 a\r\n250 b\r\n250 c\r\n250 d\r\n214 e\r\n221 f\r\n"
+            "503 5.5.1 Bad sequence of commands: MAIL first\r\n");
+  client("StartTLS\r\n");
+  CHECK_STR(toserver(), "RSET\r\n");
+}
+
+/* --- ordering and pipelining --- */
+
+static void local_never_overtakes(void)
+{
+  greeted(0);
+  client("EHLO x\r\nRCPT TO:<a@b>\r\nNOOP\r\nFROB\r\n");
+  CHECK_STR(toserver(), "EHLO x\r\nNOOP\r\n");
+  CHECK_STR(toclient(), "");
+  server("250 mx.example\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250 STARTTLS\r\n503 5.5.1 Bad sequence of commands: MAIL first\r\n");
+  server("250 2.0.0 ok\r\n");
+  CHECK_STR(toclient(), "250 2.0.0 ok\r\n500 5.5.1 Command unrecognized\r\n");
+}
+
+static void ehlo_noop_order(void)
+{
+  greeted(0);
+  client("EHLO x\r\nNOOP\r\n");
+  CHECK_STR(toserver(), "EHLO x\r\nNOOP\r\n");
+  server("250-mx.example\r\n250 PIPELINING\r\n250 2.0.0 noop\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n250 2.0.0 noop\r\n");
+}
+
+/* n pipelined commands, alternating forwarded NOOP and local RCPT, fed with
+ * the engine's own backpressure; every reply must come back in order. */
+static void pipelined(int n)
+{
+  static char in[200000], want[400000], got[400000];
+  size_t inlen = 0, fed = 0, wantlen = 0, gotlen = 0;
+  int i, served = 0, rounds = 0;
+  greeted(0);
+  for (i = 0; i < n; i++) {
+    if (i % 3 == 2) {
+      inlen += (size_t)sprintf(in + inlen, "RCPT TO:<%d@x>\r\n", i);
+      wantlen += (size_t)sprintf(want + wantlen, "503 5.5.1 Bad sequence of commands: MAIL first\r\n");
+    } else {
+      inlen += (size_t)sprintf(in + inlen, "NOOP %d\r\n", i);
+      wantlen += (size_t)sprintf(want + wantlen, "250 2.0.0 ok %d\r\n", i);
+    }
+  }
+  while ((fed < inlen || served < n) && rounds++ < 100000) {
+    const char *s;
+    char r[64];
+    fed += client_n(in + fed, inlen - fed);
+    CHECK(e.qlen <= SMTP_QMAX);
+    for (s = toserver(); (s = strstr(s, "NOOP ")) != 0; s++) {
+      int k = atoi(s + 5);
+      sprintf(r, "250 2.0.0 ok %d\r\n", k);
+      CHECK(server_n(r, strlen(r)) == strlen(r));
+      served++;
+    }
+    s = toclient();
+    memcpy(got + gotlen, s, strlen(s));
+    gotlen += strlen(s);
+    if (gotlen >= wantlen) break;
+  }
+  got[gotlen] = 0;
+  want[wantlen] = 0;
+  CHECK(gotlen == wantlen);
+  CHECK(!strcmp(got, want));
+}
+
+static void pipelined_20_rset(void)
+{
+  int i;
+  greeted(0);
+  for (i = 0; i < 20; i++) client("RSET\r\n");
+  for (i = 0; i < 20; i++) server("250 2.0.0 flushed\r\n");
+  CHECK(strlen(toclient()) == 20 * strlen("250 2.0.0 flushed\r\n"));
+}
+
+static void pipelined_150(void) { pipelined(150); }
+static void pipelined_1000(void) { pipelined(1000); }
+
+static void queue_bounds_reading(void)
+{
+  static char in[SMTP_CINSIZE * 4];
+  size_t i, took;
+  greeted(0);
+  for (i = 0; i + 6 <= sizeof in; i += 6) memcpy(in + i, "NOOP\r\n", 6);
+  took = client_n(in, sizeof in - sizeof in % 6);
+  CHECK(took < sizeof in - sizeof in % 6);
+  CHECK(e.qlen <= SMTP_QMAX);
+  {
+    char *p;
+    CHECK(smtp_client_room(&e, &p) == 0 || e.qlen < SMTP_QMAX - 1);
+  }
+}
+
+/* --- malformed client lines --- */
+
+static void overlong_line(void)
+{
+  static char line[700];
+  greeted(0);
+  memset(line, 'a', sizeof line);
+  memcpy(line, "NOOP ", 5);
+  memcpy(line + sizeof line - 3, "\r\n", 3);
+  client(line);
+  client("NOOP\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "500 5.5.2 Line too long\r\n250 ok\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void line_limit_exact(void)
+{
+  static char line[SMTP_CMDMAX + 2];
+  greeted(0);
+  memset(line, 'a', sizeof line);
+  memcpy(line, "NOOP ", 5);
+  memcpy(line + SMTP_CMDMAX - 2, "\r\n", 3); /* 512 octets with CRLF */
+  client(line);
+  CHECK(strlen(toserver()) == SMTP_CMDMAX);
+  memcpy(line + SMTP_CMDMAX - 2, "a\r\n", 4); /* 513 */
+  client(line);
+  CHECK_STR(toserver(), "");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "250 ok\r\n500 5.5.2 Line too long\r\n");
+}
+
+static void huge_line_bounded(void)
+{
+  static char chunk[1000];
+  int i;
+  greeted(0);
+  memset(chunk, 'z', sizeof chunk);
+  for (i = 0; i < 200; i++) CHECK(client_n(chunk, sizeof chunk) == sizeof chunk);
+  CHECK(e.cinlen < SMTP_CINSIZE);
+  client("\r\nNOOP\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+  CHECK_STR(toclient(), "500 5.5.2 Line too long\r\n");
+}
+
+static void nul_bare_cr_lf(void)
+{
+  greeted(0);
+  CHECK(client_n("EHLO x\0yy\r\nQUIT\r\n", 17) == 17);
+  CHECK_STR(toserver(), "QUIT\r\n");
+  client("NOOP\rEHLO x\r\n");
+  client("NOOP\n");
+  CHECK_STR(toserver(), "");
+  server("221 bye\r\n");
+  CHECK_STR(toclient(),
+            "500 5.5.2 Syntax error: NUL, bare CR or bare LF in command line\r\n"
+            "221 bye\r\n"
+            "500 5.5.2 Syntax error: NUL, bare CR or bare LF in command line\r\n"
+            "500 5.5.2 Syntax error: NUL, bare CR or bare LF in command line\r\n");
+}
+
+static void eight_bit_passes(void)
+{
+  greeted(0);
+  client("NOOP \xc3\xa9\xff\r\n");
+  CHECK_STR(toserver(), "NOOP \xc3\xa9\xff\r\n");
+}
+
+static void too_many_errors(void)
+{
+  int i;
+  greeted(0);
+  client("NOOP\r\n");
+  for (i = 0; i < SMTP_MAXERRORS; i++) client("bad\rline\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  server("250 ok\r\n");
+  {
+    const char *s = toclient();
+    CHECK(!strncmp(s, "250 ok\r\n500 5.5.2", 17));
+    CHECK(strstr(s, "421 4.7.0 Too many errors, closing connection\r\n") != 0);
+  }
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_exitcode(&e) == 1);
+}
+
+/* --- STARTTLS --- */
+
+static void starttls_ok(void)
+{
+  greeted(0);
+  client("EHLO x\r\nSTARTTLS\r\n");
+  CHECK_STR(toserver(), "EHLO x\r\nRSET\r\n");
+  server("250 mx.example\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  server("250 2.0.0 flushed\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250 STARTTLS\r\n220 2.0.0 Ready to start TLS\r\n");
+  CHECK(smtp_status(&e) == SMTP_STARTTLS);
+  {
+    char *p;
+    CHECK(smtp_client_room(&e, &p) == 0);
+    CHECK(smtp_server_room(&e, &p) == 0);
+  }
+}
+
+static void starttls_rset_fails(void)
+{
+  greeted(0);
+  client("STARTTLS\r\n");
+  CHECK_STR(toserver(), "RSET\r\n");
+  server("451 nope\r\n");
+  CHECK_STR(toclient(), "454 4.7.0 TLS not available due to temporary reason\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  client("NOOP\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+}
+
+static void starttls_injection(void)
+{
+  greeted(0);
+  client("STARTTLS\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<a@b>\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(), "503 5.5.1 STARTTLS must end a pipelined group: the bytes sent after it were discarded\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  client("NOOP\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+}
+
+static void starttls_late_bytes(void)
+{
+  greeted(0);
+  client("STARTTLS\r\n");
+  CHECK_STR(toserver(), "RSET\r\n");
+  client("MAIL FROM:<evil@x>\r\n");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "503 5.5.1 STARTTLS must end a pipelined group: the bytes sent after it were discarded\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void starttls_client_gone(void)
+{
+  greeted(0);
+  client("STARTTLS\r\n");
+  toserver();
+  smtp_client_eof(&e);
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "454 4.7.0 TLS not available due to temporary reason\r\n");
+  CHECK(smtp_server_done(&e));
+}
+
+static void tls(unsigned flags)
+{
+  greeted(flags);
+  client("STARTTLS\r\n");
+  toserver();
+  server("250 ok\r\n");
+  toclient();
+  CHECK(smtp_status(&e) == SMTP_STARTTLS);
+  smtp_tls_started(&e);
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void gate_after_tls(void)
+{
+  tls(0);
+  client("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nAUTH PLAIN x\r\nSTARTTLS\r\nVRFY x\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(), "503 5.5.1 Send EHLO first\r\n503 5.5.1 Send EHLO first\r\n"
+            "503 5.5.1 Send EHLO first\r\n503 5.5.1 Send EHLO first\r\n503 5.5.1 Send EHLO first\r\n");
+  client("NOOP\r\nRSET\r\nHELP\r\n");
+  CHECK_STR(toserver(), "NOOP\r\nRSET\r\nHELP\r\n");
+  server("250 a\r\n250 b\r\n214 c\r\n");
+  CHECK_STR(toclient(), "250 a\r\n250 b\r\n214 c\r\n");
+  client("EHLO x\r\n");
+  CHECK_STR(toserver(), "EHLO x\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  server("250-mx.example\r\n250-STARTTLS\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250 AUTH PLAIN\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+}
+
+static void tls_ehlo_single_line(void)
+{
+  tls(0);
+  client("EHLO x\r\nMAIL FROM:<a@b>\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  server("250 mx.example\r\n");
+  CHECK_STR(toclient(), "250 mx.example\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+}
+
+static void tls_helo_relays(void)
+{
+  tls(SMTP_REQUIRETLS);
+  client("HELO x\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+  CHECK_STR(toserver(), "HELO x\r\n");
+}
+
+/* --- decision with replies pending --- */
+
+static void decision_pending_ehlo(void)
+{
+  struct smtp_leftover l;
+  greeted(0);
+  client("EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  CHECK_STR(toserver(), "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+  server("250-mx.example\r\n250 SIZE 1\r\n250 2.1.0 sender ok\r\n250 2.1.5 ");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+  CHECK_STR(toclient(), "250-mx.example\r\n250-SIZE 1\r\n250 STARTTLS\r\n");
+  smtp_leftover(&e, &l);
+  CHECK_STR(joined(l.toclient, l.toclientlen), "250 2.1.0 sender ok\r\n250 2.1.5 ");
+}
+
+static void decision_with_local_pending(void)
+{
+  greeted(0);
+  client("EHLO x\r\nRCPT TO:<c@d>\r\nMAIL FROM:<a@b>\r\nDATA\r\n");
+  CHECK_STR(toserver(), "EHLO x\r\nMAIL FROM:<a@b>\r\nDATA\r\n");
+  server("250 mx.example\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+  CHECK_STR(toclient(), "250-mx.example\r\n250 STARTTLS\r\n503 5.5.1 Bad sequence of commands: MAIL first\r\n");
+}
+
+static void helo_before_greeting(void)
+{
+  struct smtp_leftover l;
+  start(0);
+  client("HELO x\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+  smtp_leftover(&e, &l);
+  CHECK_STR(joined(l.toserver, l.toserverlen), "HELO x\r\n");
+}
+
+static void ehlo_before_greeting(void)
+{
+  start(0);
+  client("EHLO x\r\n");
+  CHECK_STR(toserver(), "EHLO x\r\n");
+  server("220 mx ESMTP\r\n250 mx\r\n");
+  CHECK_STR(toclient(), "220 mx ESMTP\r\n250-mx\r\n250 STARTTLS\r\n");
+}
+
+/* --- ends --- */
+
+static void client_halfclose(void)
+{
+  greeted(0);
+  client("EHLO x\r\n");
+  smtp_client_eof(&e);
+  CHECK(!smtp_server_done(&e));
+  CHECK_STR(toserver(), "EHLO x\r\n");
+  CHECK(smtp_server_done(&e));
+  server("250 mx.example\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250 STARTTLS\r\n");
+  smtp_server_eof(&e);
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_exitcode(&e) == 0);
+}
+
+static void client_eof_partial_line(void)
+{
+  greeted(0);
+  client("NOOP\r\nQUI");
+  smtp_client_eof(&e);
+  CHECK_STR(toserver(), "NOOP\r\n");
+  CHECK(smtp_server_done(&e));
+}
+
+static void server_eof_pending(void)
+{
+  greeted(0);
+  client("NOOP\r\nRCPT TO:<a>\r\nHELP\r\n");
+  toserver();
+  smtp_server_eof(&e);
+  CHECK_STR(toclient(), "421 4.3.0 Mail server unavailable, closing connection\r\n"
+            "421 4.3.0 Mail server unavailable, closing connection\r\n"
+            "421 4.3.0 Mail server unavailable, closing connection\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_exitcode(&e) == 1);
+}
+
+static void server_never_started(void)
+{
+  start(0);
+  smtp_server_eof(&e);
+  CHECK_STR(toclient(), "421 4.3.0 Mail server unavailable, closing connection\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+}
+
+static void timeout_421(void)
+{
+  greeted(0);
+  client("NOOP\r\n");
+  smtp_timeout(&e);
+  CHECK_STR(toclient(), "421 4.4.2 Timeout, closing connection\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_exitcode(&e) == 99);
+}
+
+static void timeout_mid_ehlo(void)
+{
+  greeted(0);
+  client("EHLO x\r\n");
+  toserver();
+  server("250-mx.example\r\n250-SIZE\r\n");
+  smtp_timeout(&e);
+  CHECK_STR(toclient(), "250-mx.example\r\n421 4.4.2 Timeout, closing connection\r\n");
+}
+
+int main(void)
+{
+  RUN(greeting_multiline);
+  RUN(greeting_split_bytewise);
+  RUN(bare_code_reply);
+  RUN(garbage_reply_is_fatal);
+  RUN(garbage_greeting_is_fatal);
+  RUN(multiline_help_then_next);
+  RUN(unsolicited_then_eof);
+  RUN(long_reply_lines);
+  RUN(overlong_reply_is_fatal);
+  RUN(ehlo_single_line);
+  RUN(ehlo_multi_line);
+  RUN(ehlo_bare_domain_line);
+  RUN(ehlo_5xx_untouched);
+  RUN(ehlo_starttls_already);
+  RUN(ehlo_auth_hidden);
+  RUN(ehlo_auth_last_with_starttls);
+  RUN(plainauth_allowed);
+  RUN(helo_commits);
+  RUN(mail_commits);
+  RUN(requiretls_policy);
+  RUN(requiretls_hides_auth);
+  RUN(local_replies);
+  RUN(verbs_case_insensitive);
+  RUN(local_never_overtakes);
+  RUN(ehlo_noop_order);
+  RUN(pipelined_20_rset);
+  RUN(pipelined_150);
+  RUN(pipelined_1000);
+  RUN(queue_bounds_reading);
+  RUN(overlong_line);
+  RUN(line_limit_exact);
+  RUN(huge_line_bounded);
+  RUN(nul_bare_cr_lf);
+  RUN(eight_bit_passes);
+  RUN(too_many_errors);
+  RUN(starttls_ok);
+  RUN(starttls_rset_fails);
+  RUN(starttls_injection);
+  RUN(starttls_late_bytes);
+  RUN(starttls_client_gone);
+  RUN(gate_after_tls);
+  RUN(tls_ehlo_single_line);
+  RUN(tls_helo_relays);
+  RUN(decision_pending_ehlo);
+  RUN(decision_with_local_pending);
+  RUN(helo_before_greeting);
+  RUN(ehlo_before_greeting);
+  RUN(client_halfclose);
+  RUN(client_eof_partial_line);
+  RUN(server_eof_pending);
+  RUN(server_never_started);
+  RUN(timeout_421);
+  RUN(timeout_mid_ehlo);
+  return check_failures != 0;
+}

@@ -1,0 +1,271 @@
+/* Unit tests of the UCSPI-TLS side: descriptor variables, the environment
+ * block parser, and the 'Y' exchange over a real socketpair. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "io.h"
+#include "ucspitls.h"
+#include "check.h"
+
+static struct ucspitls_block b;
+
+static size_t feed(const char *s, size_t n)
+{
+  return ucspitls_block_feed(&b, s, n);
+}
+
+static void block_basic(void)
+{
+  static const char blk[] = "SSL_PROTOCOL=TLSv1.3\0SSL_CIPHER=TLS_AES_256_GCM_SHA384\0\0";
+  ucspitls_block_init(&b);
+  CHECK(feed(blk, sizeof blk - 1) == sizeof blk - 1);
+  CHECK(b.done);
+  CHECK_STR(b.protocol, "TLSv1.3");
+  CHECK_STR(b.cipher, "TLS_AES_256_GCM_SHA384");
+}
+
+static void block_empty(void)
+{
+  ucspitls_block_init(&b);
+  CHECK(feed("\0\0trailing", 10) == 2);
+  CHECK(b.done);
+  CHECK_STR(b.protocol, "");
+}
+
+static void block_unset_entries(void)
+{
+  static const char blk[] = "SSL_PROTOCOL=TLSv1.2\0SSL_PEER_CERT_HASH\0SSL_TLS_SNI_SERVERNAME\0SSL_PROTOCOL\0SSL_CIPHER=X\0\0";
+  ucspitls_block_init(&b);
+  CHECK(feed(blk, sizeof blk - 1) == sizeof blk - 1);
+  CHECK(b.done);
+  CHECK_STR(b.protocol, "");
+  CHECK_STR(b.cipher, "X");
+}
+
+static void block_split_bytewise(void)
+{
+  static const char blk[] = "A=1\0SSL_CIPHER=ECDHE-RSA-AES128-GCM-SHA256\0B=\0SSL_PROTOCOL=TLSv1.2\0\0";
+  size_t i;
+  ucspitls_block_init(&b);
+  for (i = 0; i < sizeof blk - 1; i++) {
+    CHECK(!b.done);
+    CHECK(feed(blk + i, 1) == 1);
+  }
+  CHECK(b.done);
+  CHECK_STR(b.protocol, "TLSv1.2");
+  CHECK_STR(b.cipher, "ECDHE-RSA-AES128-GCM-SHA256");
+}
+
+/* sslserver's block carries PEM certificates: well over 8 KiB */
+static void block_over_8k(void)
+{
+  static char blk[40000];
+  size_t n = 0, i, fed = 0;
+  n += (size_t)sprintf(blk + n, "SSL_PROTOCOL=TLSv1.3") + 1;
+  n += (size_t)sprintf(blk + n, "SSL_SERVER_CERT=-----BEGIN CERTIFICATE-----\n");
+  for (i = 0; i < 30000; i++) blk[n++] = (char)('A' + i % 26);
+  n += (size_t)sprintf(blk + n, "\n-----END CERTIFICATE-----") + 1;
+  n += (size_t)sprintf(blk + n, "SSL_CIPHER=TLS_AES_128_GCM_SHA256") + 1;
+  blk[n++] = 0;
+  ucspitls_block_init(&b);
+  while (fed < n) {
+    size_t k = n - fed < 4096 ? n - fed : 4096;
+    CHECK(feed(blk + fed, k) == k);
+    fed += k;
+  }
+  CHECK(b.done);
+  CHECK(b.total == n);
+  CHECK_STR(b.protocol, "TLSv1.3");
+  CHECK_STR(b.cipher, "TLS_AES_128_GCM_SHA256");
+}
+
+static void block_value_sanitized(void)
+{
+  static const char blk[] = "SSL_CIPHER=a\nb\033c\0\0";
+  ucspitls_block_init(&b);
+  feed(blk, sizeof blk - 1);
+  CHECK_STR(b.cipher, "a?b?c");
+}
+
+static void block_value_truncated(void)
+{
+  static char blk[600];
+  size_t n = (size_t)sprintf(blk, "SSL_PROTOCOL=");
+  memset(blk + n, 'p', 500);
+  n += 500;
+  blk[n++] = 0;
+  blk[n++] = 0;
+  ucspitls_block_init(&b);
+  CHECK(feed(blk, n) == n);
+  CHECK(b.done);
+  CHECK(strlen(b.protocol) == sizeof b.protocol - 1);
+}
+
+static void block_long_name(void)
+{
+  static char blk[200];
+  size_t n = 0;
+  memset(blk, 'N', 100);
+  n = 100;
+  n += (size_t)sprintf(blk + n, "SSL_CIPHER=no") + 1;
+  n += (size_t)sprintf(blk + n, "SSL_CIPHER=yes") + 1;
+  blk[n++] = 0;
+  ucspitls_block_init(&b);
+  CHECK(feed(blk, n) == n);
+  CHECK_STR(b.cipher, "yes");
+}
+
+static int fdvar(const char *value, const char **problem)
+{
+  int fd = -1;
+  if (value) setenv("TESTFD", value, 1);
+  else unsetenv("TESTFD");
+  if (ucspitls_fd("TESTFD", &fd, problem) < 0) return -1;
+  return fd;
+}
+
+static void fd_variables(void)
+{
+  const char *p = 0;
+  int fds[2];
+  CHECK(fdvar("2", &p) == 2);
+  CHECK(fdvar(0, &p) < 0 && !strcmp(p, "is not set"));
+  CHECK(fdvar("", &p) < 0 && !strcmp(p, "is empty"));
+  CHECK(fdvar("abc", &p) < 0 && !strcmp(p, "is not a decimal descriptor number"));
+  CHECK(fdvar("-1", &p) < 0 && !strcmp(p, "is not a decimal descriptor number"));
+  CHECK(fdvar(" 3", &p) < 0 && !strcmp(p, "is not a decimal descriptor number"));
+  CHECK(fdvar("99999", &p) < 0 && !strcmp(p, "does not name an open descriptor"));
+  CHECK(fdvar("99999999999999999999", &p) < 0 && !strcmp(p, "is too large for a descriptor"));
+  CHECK(pipe(fds) == 0);
+  close(fds[1]);
+  {
+    char s[16];
+    sprintf(s, "%d", fds[1]);
+    CHECK(fdvar(s, &p) < 0 && !strcmp(p, "does not name an open descriptor"));
+    sprintf(s, "%d", fds[0]);
+    CHECK(fdvar(s, &p) == fds[0]);
+  }
+  close(fds[0]);
+}
+
+/* A fake super-server on the other end of a socketpair: checks for 'Y',
+ * then writes its pieces with pauses, and closes or keeps the socket. */
+static const struct timespec pause20ms = { 0, 20000000 };
+
+static pid_t peer(int fd, const char *const *pieces, const size_t *lens, int keepopen)
+{
+  pid_t pid = fork();
+  if (!pid) {
+    char c;
+    if (read(fd, &c, 1) != 1 || c != 'Y') _exit(2);
+    for (; *pieces; pieces++, lens++) {
+      if (write(fd, *pieces, *lens) < 0) _exit(3);
+      nanosleep(&pause20ms, 0);
+    }
+    if (keepopen) pause();
+    _exit(0);
+  }
+  close(fd);
+  return pid;
+}
+
+static enum ucspitls_result exchange(const char *const *pieces, const size_t *lens,
+                                     int keepopen, int onebyte, unsigned long ms)
+{
+  int sv[2];
+  pid_t pid;
+  enum ucspitls_result r;
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  pid = peer(sv[1], pieces, lens, keepopen);
+  r = ucspitls_start(sv[0], onebyte, io_deadline(ms), &b);
+  if (onebyte) {
+    char c;
+    CHECK(read(sv[0], &c, 1) == 1 && c == '!');
+  }
+  close(sv[0]);
+  kill(pid, SIGTERM);
+  waitpid(pid, 0, 0);
+  return r;
+}
+
+static void start_sslserver_style(void)
+{
+  /* block in pieces, socket left open: must not wait for EOF */
+  const char *pieces[] = { "SSL_PROTOCOL=TLSv1.3\0SSL_CI", "PHER=C\0", "\0", 0 };
+  size_t lens[] = { 27, 7, 1 };
+  long long t0 = io_now();
+  CHECK(exchange(pieces, lens, 1, 0, 5000) == UCSPITLS_OK);
+  CHECK(io_now() - t0 < 4000);
+  CHECK_STR(b.protocol, "TLSv1.3");
+  CHECK_STR(b.cipher, "C");
+}
+
+static void start_s6_style(void)
+{
+  const char *pieces[] = { "SSL_PROTOCOL=TLSv1.2\0SSL_CIPHER=X\0\0", 0 };
+  size_t lens[] = { 35 };
+  CHECK(exchange(pieces, lens, 0, 0, 5000) == UCSPITLS_OK);
+  CHECK_STR(b.protocol, "TLSv1.2");
+}
+
+static void start_failed(void)
+{
+  const char *pieces[] = { 0 };
+  CHECK(exchange(pieces, 0, 0, 0, 5000) == UCSPITLS_FAILED);
+}
+
+static void start_timeout(void)
+{
+  const char *pieces[] = { "SSL_PROTOCOL=TLSv1.3\0", 0 };
+  size_t lens[] = { 21 };
+  long long t0 = io_now();
+  CHECK(exchange(pieces, lens, 1, 0, 300) == UCSPITLS_TIMEOUT);
+  CHECK(io_now() - t0 >= 300);
+}
+
+static void start_shared_fd(void)
+{
+  /* ctl is also the read fd: the byte after the block is TLS data, not ours */
+  const char *pieces[] = { "SSL_PROTOCOL=TLSv1.3\0\0!", 0 };
+  size_t lens[] = { 23 };
+  CHECK(exchange(pieces, lens, 1, 1, 5000) == UCSPITLS_OK);
+  CHECK_STR(b.protocol, "TLSv1.3");
+}
+
+static void start_toobig(void)
+{
+  static char big[65536];
+  const char *pieces[20];
+  size_t lens[20];
+  int i;
+  memset(big, 'x', sizeof big);
+  memcpy(big, "JUNK=", 5);
+  for (i = 0; i < 18; i++) { pieces[i] = big; lens[i] = sizeof big; }
+  pieces[18] = 0;
+  CHECK(exchange(pieces, lens, 1, 0, 10000) == UCSPITLS_TOOBIG);
+}
+
+int main(void)
+{
+  signal(SIGPIPE, SIG_IGN);
+  RUN(block_basic);
+  RUN(block_empty);
+  RUN(block_unset_entries);
+  RUN(block_split_bytewise);
+  RUN(block_over_8k);
+  RUN(block_value_sanitized);
+  RUN(block_value_truncated);
+  RUN(block_long_name);
+  RUN(fd_variables);
+  RUN(start_sslserver_style);
+  RUN(start_s6_style);
+  RUN(start_failed);
+  RUN(start_timeout);
+  RUN(start_shared_fd);
+  RUN(start_toobig);
+  return check_failures != 0;
+}
