@@ -1,0 +1,574 @@
+"""End-to-end tests: the program under the test UCSPI-TLS server, in front of
+the test smtpd, with real clients. Each test raises on failure, or returns
+a reason to skip (only when an optional tool is missing)."""
+import hashlib
+import os
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+
+from bed import PROG, WORK, Bed, Client, sha256
+
+TESTS = []
+FLAVOURS = ("s6", "sslserver")
+RELAYS = (("ioconnect", ()), ("builtin", ("-B",)))
+SECRETS = ("SSLCTLFD", "SSLREADFD", "SSLWRITEFD", "CERTFILE", "KEYFILE", "CAFILE", "CADIR",
+           "TLS_UID", "TLS_GID", "KEYFILE:", "CERTFILE:")
+
+
+def test(flavours=FLAVOURS, relays=False):
+    def add(fn):
+        for fl in flavours:
+            if relays:
+                for rname, ropts in RELAYS:
+                    TESTS.append(("%s[%s,%s]" % (fn.__name__, fl, rname), fn, (fl, ropts)))
+            else:
+                TESTS.append(("%s[%s]" % (fn.__name__, fl), fn, (fl, ())))
+        return fn
+    return add
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def message(n=20):
+    lines = ["From: a@x.test", "To: b@y.test", "Subject: test", ""]
+    lines += ["line %d %s" % (i, "." if i % 7 == 0 else "body") for i in range(n)]
+    lines += [".starts with a dot", "..two dots", "."]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def finished(bed, expect_exit=True):
+    """Common end-of-session checks: the app ended, no process is left, the
+    smtpd learnt no secret and inherited no descriptor, nothing was logged."""
+    code = bed.wait_exit()
+    check(code is not None, "the application never exited")
+    if expect_exit:
+        check(code == "code=0", "application exit %s" % code)
+    left = bed.leftovers()
+    check(not left, "processes left behind: %s" % left)
+    env = (bed.file("env") or b"").decode()
+    for line in env.splitlines():
+        name = line.split("=", 1)[0]
+        check(not any(name == s or (s.endswith(":") and name.startswith(s)) for s in SECRETS),
+              "smtpd environment holds %s" % name)
+    fds = (bed.file("fds") or b"").decode().split()
+    own = [int(x) for x in fds[0::2]]
+    check(own[:3] == [0, 1, 2] and all(fd <= 3 for fd in own), "smtpd fds: %s" % fds)
+
+
+def quiet(bed):
+    err = bed.stderr_text()
+    check("smtpd-starttls-proxy-io" not in err, "stderr: %r" % err)
+
+
+# --- real clients ---
+
+@test(relays=True)
+def smtplib_starttls(flavour, ropts):
+    bed = Bed(flavour, ropts)
+    try:
+        msg = message()
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
+            s.ehlo("client.test")
+            check(s.has_extn("starttls"), "no STARTTLS before TLS")
+            s.starttls(context=tls_context())
+            s.ehlo("client.test")
+            check(not s.has_extn("starttls"), "STARTTLS advertised after TLS")
+            s.sendmail("a@x.test", ["b@y.test"], msg)
+        finished(bed, flavour == "s6")
+        check(sha256(os.path.join(bed.dir, "msg-1")) == hashlib.sha256(msg).hexdigest(), "body differs")
+        cmds = [c.split()[0].upper() for c in bed.commands()]
+        check(cmds == ["EHLO", "RSET", "EHLO", "MAIL", "RCPT", "DATA", "QUIT"], cmds)
+        ev = [e[1] for e in bed.events()]
+        check("handshake-ok" in ev, ev)
+        quiet(bed)
+    finally:
+        bed.close()
+
+
+@test(relays=True)
+def smtplib_plain_ehlo(flavour, ropts):
+    bed = Bed(flavour, ropts)
+    try:
+        msg = message()
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
+            s.ehlo("client.test")
+            s.sendmail("a@x.test", ["b@y.test"], msg)
+        finished(bed)
+        check(sha256(os.path.join(bed.dir, "msg-1")) == hashlib.sha256(msg).hexdigest(), "body differs")
+        ev = [e[1] for e in bed.events()]
+        check("command" not in ev, ev)  # code=0 above: the smtpd was never killed
+        quiet(bed)
+    finally:
+        bed.close()
+
+
+@test(relays=True)
+def smtplib_plain_helo(flavour, ropts):
+    bed = Bed(flavour, ropts)
+    try:
+        msg = message()
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
+            s.helo("client.test")
+            s.sendmail("a@x.test", ["b@y.test"], msg)
+        finished(bed)
+        check(sha256(os.path.join(bed.dir, "msg-1")) == hashlib.sha256(msg).hexdigest(), "body differs")
+        check([c.split()[0] for c in bed.commands()][:2] == ["helo", "mail"], bed.commands())
+        quiet(bed)
+    finally:
+        bed.close()
+
+
+def big_body(mb):
+    line = b"".join(bytes([33 + (i * 7) % 90]) for i in range(998)) + b"\r\n"
+    return line * (mb * 1024 * 1024 // len(line))
+
+
+@test(relays=True)
+def big_message_starttls(flavour, ropts):
+    return big(flavour, ropts, True)
+
+
+@test(relays=True)
+def big_message_plain(flavour, ropts):
+    return big(flavour, ropts, False)
+
+
+def big(flavour, ropts, tls):
+    mb = int(os.environ.get("BIG_MB", "50"))
+    bed = Bed(flavour, ropts)
+    try:
+        body = big_body(mb)
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=120) as s:
+            s.ehlo("client.test")
+            if tls:
+                s.starttls(context=tls_context())
+                s.ehlo("client.test")
+            s.sendmail("a@x.test", ["b@y.test"], body)
+        finished(bed, not tls or flavour == "s6")
+        check(sha256(os.path.join(bed.dir, "msg-1")) == hashlib.sha256(body).hexdigest(),
+              "%d MB body differs" % mb)
+    finally:
+        bed.close()
+
+
+@test(relays=True)
+def openssl_s_client(flavour, ropts):
+    bed = Bed(flavour, ropts)
+    try:
+        script = (b"EHLO client.test\nMAIL FROM:<a@x.test>\nRCPT TO:<b@y.test>\nDATA\n"
+                  b"Subject: s_client\n\nhello from s_client\n.\nQUIT\n")
+        p = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % bed.port,
+                            "-starttls", "smtp", "-crlf", "-quiet", "-ign_eof"],
+                           input=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        out = p.stdout.decode(errors="replace")
+        check("250 2.0.0 queued as 1" in out and "221 2.0.0 bye" in out, out)
+        check("STARTTLS" not in out, "STARTTLS advertised after TLS: %s" % out)
+        finished(bed, flavour == "s6")
+        check(bed.file("msg-1") == b"Subject: s_client\r\n\r\nhello from s_client\r\n", bed.file("msg-1"))
+        quiet(bed)
+    finally:
+        bed.close()
+
+
+def swaks(flavour, ropts, tls):
+    if not shutil.which("swaks"):
+        return "swaks not installed"
+    bed = Bed(flavour, ropts)
+    try:
+        cmd = ["swaks", "--server", "127.0.0.1:%d" % bed.port, "--from", "a@x.test",
+               "--to", "b@y.test", "--body", "hello from swaks", "--timeout", "20"]
+        if tls:
+            cmd.append("--tls")
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        out = p.stdout.decode(errors="replace")
+        check(p.returncode == 0, out)
+        check(("TLS started" in out) == tls, out)
+        finished(bed, not tls or flavour == "s6")
+        check(b"hello from swaks" in (bed.file("msg-1") or b""), "message not delivered")
+        quiet(bed)
+    finally:
+        bed.close()
+
+
+@test(relays=True)
+def swaks_tls(flavour, ropts):
+    return swaks(flavour, ropts, True)
+
+
+@test(relays=True)
+def swaks_plain(flavour, ropts):
+    return swaks(flavour, ropts, False)
+
+
+@test(relays=True)
+def curl_ssl_reqd(flavour, ropts):
+    if not shutil.which("curl"):
+        return "curl not installed"
+    bed = Bed(flavour, ropts)
+    try:
+        mail = b"Subject: curl\r\n\r\nhello from curl\r\n"
+        p = subprocess.run(["curl", "-sS", "--ssl-reqd", "-k", "smtp://127.0.0.1:%d" % bed.port,
+                            "--mail-from", "a@x.test", "--mail-rcpt", "b@y.test", "-T", "-"],
+                           input=mail, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        check(p.returncode == 0, p.stdout)
+        finished(bed, flavour == "s6")
+        check(bed.file("msg-1") == mail, bed.file("msg-1"))
+    finally:
+        bed.close()
+
+
+# --- options ---
+
+@test()
+def requiretls(flavour, _):
+    bed = Bed(flavour, ("-r",))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"HELO x\r\nMAIL FROM:<a@x.test>\r\nVRFY b\r\nNOOP\r\n")
+        r = c.replies(4)
+        check(r[0] == b"250 mx.test\r\n", r)
+        check(r[1] == r[2] == b"530 5.7.0 Must issue a STARTTLS command first\r\n", r)
+        check(r[3] == b"250 2.0.0 ok\r\n", r)
+        c.send(b"STARTTLS\r\n")
+        check(c.reply() == b"220 2.0.0 Ready to start TLS\r\n", "no 220")
+        c.starttls()
+        c.send(b"EHLO x\r\n")
+        c.reply()
+        c.send(b"MAIL FROM:<a@x.test>\r\nQUIT\r\n")
+        check(c.replies(2) == [b"250 2.1.0 sender ok\r\n", b"221 2.0.0 bye\r\n"], "after TLS")
+        c.close()
+        finished(bed, flavour == "s6")
+        check("MAIL FROM:<a@x.test>" in bed.commands() and "VRFY b" not in bed.commands(), bed.commands())
+    finally:
+        bed.close()
+
+
+@test()
+def auth_hidden_then_shown(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--auth",))
+    try:
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
+            s.ehlo("client.test")
+            check(not s.has_extn("auth"), "AUTH advertised before TLS")
+            code, _ = s.docmd("AUTH", "PLAIN AGFAYg==")
+            check(code == 530, code)
+            s.starttls(context=tls_context())
+            s.ehlo("client.test")
+            check(s.has_extn("auth"), "AUTH hidden after TLS")
+            code, _ = s.docmd("AUTH", "PLAIN AGFAYg==")
+            check(code == 235, code)
+        finished(bed, flavour == "s6")
+    finally:
+        bed.close()
+
+
+@test()
+def plainauth_option(flavour, _):
+    bed = Bed(flavour, ("-a",), smtpd_opts=("--auth",))
+    try:
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
+            s.ehlo("client.test")
+            check(s.has_extn("auth") and s.has_extn("starttls"), s.esmtp_features)
+            code, _ = s.docmd("AUTH", "PLAIN AGFAYg==")
+            check(code == 235, code)
+        finished(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def verbose_tls_info(flavour, _):
+    bed = Bed(flavour, ("-v", "2"))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"STARTTLS\r\n")
+        c.reply()
+        c.starttls()
+        version = c.sock.version()
+        c.send(b"QUIT\r\n")
+        c.reply()
+        c.close()
+        finished(bed, flavour == "s6")
+        err = bed.stderr_text()
+        check("smtpd-starttls-proxy-io: info: TLS started: protocol %s, cipher " % version in err, err)
+    finally:
+        bed.close()
+
+
+@test()
+def starttls_injection(flavour, _):
+    bed = Bed(flavour)
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n")
+        r = c.reply()
+        check(r.startswith(b"503 5.5.1 STARTTLS must end a pipelined group"), r)
+        c.send(b"QUIT\r\n")
+        check(c.reply() == b"221 2.0.0 bye\r\n", "no 221")
+        c.close()
+        finished(bed)
+        check(bed.commands() == ["QUIT"], bed.commands())
+        check("command" not in [e[1] for e in bed.events()], "TLS was asked for")
+    finally:
+        bed.close()
+
+
+@test()
+def session_timeout(flavour, _):
+    bed = Bed(flavour, ("-t", "700"))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        t0 = time.time()
+        check(c.reply() == b"421 4.4.2 Timeout, closing connection\r\n", "no 421")
+        check(c.rest() == b"", "bytes after the 421")
+        check(time.time() - t0 < 5, "slow timeout")
+        c.close()
+        finished(bed, False)
+        check("warning: no traffic for 700 ms" in bed.stderr_text(), bed.stderr_text())
+    finally:
+        bed.close()
+
+
+def run_direct(env, args=()):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SSL")}
+    e.update(env)
+    p = subprocess.run([PROG] + list(args), env=e, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=10, stdin=subprocess.DEVNULL)
+    return p.returncode, p.stderr.decode()
+
+
+@test(flavours=("direct",))
+def bad_environment(_, __):
+    ok = {"SSLCTLFD": "0", "SSLREADFD": "0", "SSLWRITEFD": "1"}
+    for var in ("SSLCTLFD", "SSLREADFD", "SSLWRITEFD"):
+        for value, words in (("abc", "is not a decimal descriptor number"),
+                             ("-1", "is not a decimal descriptor number"),
+                             ("99999", "does not name an open descriptor"),
+                             ("", "is empty"), (None, "is not set")):
+            env = dict(ok)
+            if value is None:
+                del env[var]
+            else:
+                env[var] = value
+            code, err = run_direct(env, ["true"])
+            check(code == 100, "%s=%r: exit %d" % (var, value, code))
+            lines = err.splitlines()
+            check(len(lines) == 1 and lines[0].startswith("smtpd-starttls-proxy-io: fatal: " + var)
+                  and words in lines[0], "%s=%r: %r" % (var, value, err))
+
+
+@test(flavours=("direct",))
+def usage(_, __):
+    for args in ([], ["-x", "true"], ["-t"], ["-t", "abc", "true"]):
+        code, err = run_direct({}, args)
+        check(code == 100, "%s: exit %d" % (args, code))
+        check(len(err.splitlines()) == 1 and err.startswith("smtpd-starttls-proxy-io: fatal: "), err)
+
+
+# --- edge cases measured on the reference implementation (issue 7) ---
+
+@test()
+def ref01_multiline_greeting(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--greeting", "220-a|220-b|220 c"))
+    try:
+        c = Client(bed.port)
+        check(c.reply() == b"220-a\r\n220-b\r\n220 c\r\n", "greeting")
+        c.send(b"QUIT\r\n")
+        check(c.reply() == b"221 2.0.0 bye\r\n", "no 221")
+        c.close()
+        finished(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def ref02_multiline_help(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--help-lines", "4"))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"HELP\r\nNOOP\r\nRCPT TO:<a@b>\r\nQUIT\r\n")
+        r = c.replies(4)
+        check(r[0] == b"214-help line 0\r\n214-help line 1\r\n214-help line 2\r\n214 help line 3\r\n", r)
+        check(r[1] == b"250 2.0.0 ok\r\n" and r[2].startswith(b"503 5.5.1") and r[3].startswith(b"221"), r)
+        c.close()
+        finished(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def ref03_unsolicited_421(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--idle-421", "400"))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        check(c.reply() == b"421 4.4.2 mx.test idle timeout\r\n", "no 421")
+        check(c.rest() == b"", "bytes after 421")
+        c.close()
+        finished(bed)
+        quiet(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def ref04_pending_at_decision(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--slow", "150"))
+    try:
+        c = Client(bed.port)
+        c.send(b"HELO early\r\n")
+        r = c.replies(2)
+        check(r == [b"220 mx.test ESMTP test\r\n", b"250 mx.test\r\n"], r)
+        c.send(b"RSET\r\nMAIL FROM:<a@b>\r\n")
+        check(c.replies(2) == [b"250 2.0.0 flushed\r\n", b"250 2.1.0 sender ok\r\n"], "rset+mail")
+        c.send(b"QUIT\r\n")
+        c.reply()
+        c.close()
+        finished(bed)
+        c = None
+    finally:
+        bed.close()
+    bed = Bed(flavour)
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO x\r\nMAIL FROM:<a@b>\r\n")
+        r = c.replies(2)
+        check(r[0].startswith(b"250-mx.test hello x\r\n") and r[0].endswith(b"250 STARTTLS\r\n"), r)
+        check(r[1] == b"250 2.1.0 sender ok\r\n", r)
+        c.send(b"QUIT\r\n")
+        c.reply()
+        c.close()
+        finished(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def ref05_pipelined(flavour, _):
+    bed = Bed(flavour)
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"RSET\r\n" * 20)
+        check(c.replies(20) == [b"250 2.0.0 flushed\r\n"] * 20, "20 RSET")
+        c.send(b"NOOP\r\n" * 1000)
+        check(c.replies(1000) == [b"250 2.0.0 ok\r\n"] * 1000, "1000 NOOP")
+        c.send(b"QUIT\r\n")
+        c.reply()
+        c.close()
+        finished(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def ref06_long_reply_lines(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--ehlo-pad", "3000"))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO x\r\n")
+        r = c.reply()
+        first = r.split(b"\r\n")[0]
+        check(len(first) > 2048 and first.endswith(b"x" * 3000), len(first))
+        check(r.endswith(b"250 STARTTLS\r\n"), r[-40:])
+        c.send(b"QUIT\r\n")
+        c.reply()
+        c.close()
+        finished(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def ref07_nul_bare_cr(flavour, _):
+    bed = Bed(flavour)
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO x\0yy\r\nNOOP\rEHLO x\r\nQUIT\r\n")
+        r = c.replies(3)
+        check(r[0].startswith(b"500 5.5.2") and r[1].startswith(b"500 5.5.2"), r)
+        check(r[2] == b"221 2.0.0 bye\r\n", r)
+        c.close()
+        finished(bed)
+        check(bed.commands() == ["QUIT"], bed.commands())
+    finally:
+        bed.close()
+
+
+@test()
+def ref08_halfclose(flavour, _):
+    bed = Bed(flavour)
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO x\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        rest = c.rest()
+        check(rest.startswith(b"250-mx.test hello x\r\n") and rest.endswith(b"250 STARTTLS\r\n"), rest)
+        c.close()
+        finished(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def ref09_env_secrets(flavour, _):
+    bed = Bed(flavour, env={"CERTFILE": "/x/cert", "KEYFILE": "/x/key", "CAFILE": "/x/ca",
+                            "CADIR": "/x", "TLS_UID": "1", "TLS_GID": "1",
+                            "KEYFILE:a.test": "/x/a", "CERTFILE:a.test": "/x/b",
+                            "KEEPME": "yes"})
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"QUIT\r\n")
+        c.reply()
+        c.close()
+        finished(bed)
+        check("KEEPME=yes" in bed.file("env").decode(), "ordinary variables must stay")
+    finally:
+        bed.close()
+
+
+@test()
+def ref10_smtpd_not_executable(flavour, _):
+    noexec = os.path.join(WORK, "not-executable")
+    with open(noexec, "w") as f:
+        f.write("#!/bin/sh\necho 220 should never run\n")
+    os.chmod(noexec, 0o644)
+    for app in ("/nonexistent/smtpd", noexec):
+        bed = Bed(flavour, app=[PROG, app])
+        try:
+            c = Client(bed.port)
+            t0 = time.time()
+            check(c.rest() == b"421 4.3.0 Mail server unavailable, closing connection\r\n", "no 421")
+            check(time.time() - t0 < 3, "slow")
+            c.close()
+            bed.wait_exit()
+            check(not bed.leftovers(), "leftovers")
+            err = bed.stderr_text().splitlines()
+            check(len(err) == 1 and err[0].startswith("smtpd-starttls-proxy-io: fatal: unable to exec " + app),
+                  err)
+        finally:
+            bed.close()

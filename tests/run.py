@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Runs every test: the C unit tests, then the end-to-end ones through the
+test UCSPI-TLS server with real clients. Ends with "N passed, N failed,
+N skipped". Arguments, if any, are substrings selecting tests by name."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bed import TOP, WORK, certificate  # noqa: E402
+import e2e  # noqa: E402
+
+results = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+def record(name, status, detail=""):
+    results[status] += 1
+    print("%s %s%s" % ({"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[status], name,
+                       (": " + detail) if detail else ""), flush=True)
+
+
+def unit(binary, selected):
+    path = os.path.join(TOP, "tests", binary)
+    p = subprocess.run([path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    out = p.stdout.decode(errors="replace").splitlines()
+    seen = 0
+    detail = []
+    for line in out:
+        if line.startswith("  "):
+            detail.append(line.strip())
+            continue
+        word, _, name = line.partition(" ")
+        name = binary.replace("test_", "") + "." + name
+        if not selected(name):
+            detail = []
+            continue
+        seen += 1
+        record(name, "passed" if word == "PASS" else "failed", "; ".join(detail))
+        detail = []
+    if p.returncode and not any(l.startswith("FAIL") for l in out):
+        record(binary, "failed", "exit %d: %s" % (p.returncode, out[-3:]))
+    return seen
+
+
+def main():
+    wanted = sys.argv[1:]
+
+    def selected(name):
+        return not wanted or any(w in name for w in wanted)
+
+    shutil.rmtree(WORK, ignore_errors=True)
+    unit("test_smtp", selected)
+    unit("test_ucspitls", selected)
+    certificate()
+    for name, fn, args in e2e.TESTS:
+        if not selected(name):
+            continue
+        t0 = time.time()
+        try:
+            skip = fn(*args)
+            if skip:
+                record(name, "skipped", skip)
+            else:
+                record(name, "passed", "%.1fs" % (time.time() - t0) if time.time() - t0 > 5 else "")
+        except Exception as ex:  # one broken test must not stop the others
+            tb = traceback.format_exc().strip().splitlines()
+            record(name, "failed", "%s: %s | %s" % (type(ex).__name__, ex, " / ".join(tb[-4:-1])))
+    print("%d passed, %d failed, %d skipped" % (results["passed"], results["failed"],
+                                               results["skipped"]))
+    return 1 if results["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

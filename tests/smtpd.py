@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""A scriptable SMTP server on stdin/stdout for tests.
+
+  smtpd.py DIR [options]
+
+Records every command line in DIR/commands (one per line, as received
+minus CRLF), each message body in DIR/msg-N, its environment in DIR/env and
+its open fds in DIR/fds. Options:
+  --single       one-line EHLO reply ("250 mx.test")
+  --auth         advertise AUTH PLAIN LOGIN
+  --starttls     advertise STARTTLS itself
+  --greeting T   greeting line (default "220 mx.test ESMTP test")
+  --exit-at VERB exit without a word when VERB arrives
+  --slow MS      wait MS before every reply
+  --help-lines N multi-line HELP reply of N lines
+  --ehlo-pad N   make the EHLO reply's first line N octets longer
+  --idle-421 MS  after MS without a command, say 421 unasked and exit
+A "|" in the greeting separates lines.
+"""
+import os
+import signal
+import sys
+import time
+
+args = sys.argv[1:]
+out_dir = args.pop(0)
+opt = {"single": False, "auth": False, "starttls": False, "greeting": "220 mx.test ESMTP test",
+       "exit-at": None, "slow": 0, "help-lines": 3, "ehlo-pad": 0,
+       "idle-421": 0}
+while args:
+    a = args.pop(0)[2:]
+    if a in ("single", "auth", "starttls"):
+        opt[a] = True
+    else:
+        opt[a] = args.pop(0)
+
+inp = sys.stdin.buffer
+outp = sys.stdout.buffer
+try:
+    fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
+    fdlines = []
+    for fd in fds:
+        try:
+            fdlines.append("%d %s\n" % (fd, os.readlink("/proc/self/fd/%d" % fd)))
+        except OSError:
+            pass
+except OSError:
+    fdlines = []
+with open(os.path.join(out_dir, "fds"), "w") as f:
+    f.write("".join(l for l in fdlines if "/proc/" not in l))
+log = open(os.path.join(out_dir, "commands"), "ab", buffering=0)
+with open(os.path.join(out_dir, "env"), "w") as f:
+    for k, v in sorted(os.environ.items()):
+        f.write("%s=%s\n" % (k, v))
+
+
+def reply(s):
+    if int(opt["slow"]):
+        time.sleep(int(opt["slow"]) / 1000)
+    outp.write(s.encode() if isinstance(s, str) else s)
+    outp.flush()
+
+
+def idle(*_):
+    reply("421 4.4.2 mx.test idle timeout\r\n")
+    os._exit(0)
+
+
+if int(opt["idle-421"]):
+    signal.signal(signal.SIGALRM, idle)
+    signal.setitimer(signal.ITIMER_REAL, int(opt["idle-421"]) / 1000)
+
+reply(opt["greeting"].replace("|", "\r\n") + "\r\n")
+mail = False
+rcpts = 0
+nmsg = len([n for n in os.listdir(out_dir) if n.startswith("msg-")])
+while True:
+    line = inp.readline(100000)
+    if not line:
+        break
+    if int(opt["idle-421"]):
+        signal.setitimer(signal.ITIMER_REAL, int(opt["idle-421"]) / 1000)
+    log.write(line.rstrip(b"\r\n") + b"\n")
+    text = line.rstrip(b"\r\n").decode("latin-1")
+    verb = text.split(" ", 1)[0].upper()
+    arg = text[len(verb) + 1:]
+    if opt["exit-at"] and verb == opt["exit-at"].upper():
+        sys.exit(0)
+    if verb == "EHLO":
+        mail = False
+        if opt["single"]:
+            reply("250 mx.test\r\n")
+        else:
+            ext = ["PIPELINING", "8BITMIME", "SIZE 100000000"]
+            if opt["auth"]:
+                ext.append("AUTH PLAIN LOGIN")
+            if opt["starttls"]:
+                ext.append("STARTTLS")
+            lines = ["mx.test hello " + arg + "x" * int(opt["ehlo-pad"])] + ext
+            reply("".join("250%s%s\r\n" % ("-" if i < len(lines) - 1 else " ", l)
+                          for i, l in enumerate(lines)))
+    elif verb == "HELO":
+        mail = False
+        reply("250 mx.test\r\n")
+    elif verb == "MAIL":
+        mail, rcpts = True, 0
+        reply("250 2.1.0 sender ok\r\n")
+    elif verb == "RCPT":
+        if not mail:
+            reply("503 5.5.1 MAIL first\r\n")
+        else:
+            rcpts += 1
+            reply("250 2.1.5 recipient ok\r\n")
+    elif verb == "DATA":
+        if not rcpts:
+            reply("503 5.5.1 RCPT first\r\n")
+            continue
+        reply("354 go ahead\r\n")
+        nmsg += 1
+        with open(os.path.join(out_dir, "msg-%d" % nmsg), "wb") as body:
+            while True:
+                l = inp.readline()
+                if not l or l == b".\r\n":
+                    break
+                if l.startswith(b"."):
+                    l = l[1:]
+                body.write(l)
+        mail = False
+        reply("250 2.0.0 queued as %d\r\n" % nmsg)
+    elif verb == "RSET":
+        mail = False
+        reply("250 2.0.0 flushed\r\n")
+    elif verb == "NOOP":
+        reply("250 2.0.0 ok\r\n")
+    elif verb == "HELP":
+        n = int(opt["help-lines"])
+        reply("".join("214%shelp line %d\r\n" % ("-" if i < n - 1 else " ", i) for i in range(n)))
+    elif verb == "AUTH":
+        reply("235 2.7.0 authenticated\r\n")
+    elif verb == "STARTTLS":
+        reply("454 4.7.0 no TLS here\r\n")
+    elif verb == "QUIT":
+        reply("221 2.0.0 bye\r\n")
+        break
+    elif verb in ("VRFY", "EXPN"):
+        reply("252 2.1.5 cannot verify\r\n")
+    else:
+        reply("502 5.5.1 unknown command\r\n")

@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""A UCSPI-TLS super-server for tests, in two flavours.
+
+  ucspitlsd.py -f s6|sslserver -c CERT -k KEY [-l LOG] [-p PORT] -- prog args...
+
+Listens on 127.0.0.1 (PORT 0: any; the port is printed on stdout's first
+line), and for each connection runs prog with the client socket on fds 0/1
+and SSLCTLFD, SSLREADFD, SSLWRITEFD set, doing real TLS when asked.
+
+s6 flavour (like s6-ucspitlsd): the connection's process execs prog; a child
+waits on the control socket. EOF there = TLS declined: the child exits
+quietly. y/Y = handshake, refused when the client socket was left
+O_NONBLOCK (as s6-tlsd-io on libtls fails). After Y the block is written and
+the control socket closed; a failed handshake closes it with nothing sent.
+
+sslserver flavour (like fehcom's sslserver -n): a forked child runs prog,
+the TLS engine stays in the parent. EOF on the control socket without a
+command = the application is killed with SIGTERM. After Y the block ends in
+\\0\\0 and the socket stays open for the whole session. A failed handshake
+kills the application. When the session ends the application gets SIGTERM.
+
+Every event is a line in LOG: "<conn> <event> ...".
+"""
+import argparse
+import fcntl
+import os
+import selectors
+import signal
+import socket
+import ssl
+import sys
+import time
+
+LOG = None
+
+
+def log(conn, *words):
+    if LOG is None:
+        return
+    line = "%s %s\n" % (conn, " ".join(str(w) for w in words))
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, line.encode())
+    os.close(fd)
+
+
+def block(flavour, tls, certpem):
+    ver = tls.version() or ""
+    cipher = (tls.cipher() or ("", "", 0))
+    if flavour == "s6":
+        entries = ["SSL_PROTOCOL=" + ver, "SSL_CIPHER=" + cipher[0],
+                   "SSL_TLS_SNI_SERVERNAME", "SSL_PEER_CERT_HASH",
+                   "SSL_PEER_CERT_SUBJECT"]
+    else:
+        entries = ["SSL_PROTOCOL=" + ver, "SSL_CIPHER=" + cipher[0],
+                   "SSL_SESSION_ID=" + os.urandom(16).hex(),
+                   "SSL_CIPHER_USEKEYSIZE=%d" % cipher[2],
+                   "SSL_CIPHER_ALGKEYSIZE=%d" % cipher[2],
+                   "SSL_SERVER_S_DN=/CN=localhost",
+                   "SSL_SERVER_CERT=" + certpem,
+                   "SSL_CLIENT_CERT=", "SSL_CLIENT_S_DN="]
+    return "".join(e + "\0" for e in entries).encode() + b"\0"
+
+
+def pump(conn, tls, rpipe, wpipe, flavour):
+    """Relays between the TLS connection and the application's pipes. The
+    client's EOF closes the pipe to the application. The application's EOF
+    ends the session (sslserver) or becomes a TCP half-close (s6-tlsd-io
+    without -S), after which we wait for the client's EOF."""
+    tls.setblocking(False)
+    os.set_blocking(rpipe, False)
+    os.set_blocking(wpipe, False)
+    sel = selectors.DefaultSelector()
+    toapp = toclient = b""
+    client_eof = app_eof = halfclosed = False
+    rpipe_open = True
+    while True:
+        if client_eof and not toapp and rpipe_open:
+            os.close(rpipe)
+            rpipe_open = False
+        if app_eof and not toclient and not halfclosed:
+            if flavour == "sslserver":
+                return
+            socket.socket(fileno=os.dup(tls.fileno())).shutdown(socket.SHUT_WR)
+            halfclosed = True
+        if halfclosed and not rpipe_open:
+            return
+        events = {}
+        if not client_eof and not toapp:
+            events[tls.fileno()] = selectors.EVENT_READ
+        if toclient:
+            events[tls.fileno()] = events.get(tls.fileno(), 0) | selectors.EVENT_WRITE
+        if toapp and rpipe_open:
+            events[rpipe] = selectors.EVENT_WRITE
+        if not app_eof and not toclient:
+            events[wpipe] = selectors.EVENT_READ
+        for fd, ev in events.items():
+            sel.register(fd, ev)
+        ready = [True] if tls.pending() else sel.select(timeout=600)
+        for fd in events:
+            sel.unregister(fd)
+        if not ready:
+            log(conn, "tls-idle-timeout")
+            return
+        if not client_eof and not toapp:
+            try:
+                data = tls.recv(65536)
+                if data:
+                    toapp = data
+                else:
+                    client_eof = True
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except (ssl.SSLError, OSError) as e:
+                log(conn, "tls-read-error", type(e).__name__)
+                client_eof = True
+        if toclient:
+            try:
+                toclient = toclient[tls.send(toclient):]
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except (ssl.SSLError, OSError) as e:
+                log(conn, "tls-write-error", type(e).__name__)
+                toclient = b""
+                app_eof = True
+        if toapp and rpipe_open:
+            try:
+                toapp = toapp[os.write(rpipe, toapp):]
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                # the application closed its read pipe while we held its
+                # bytes: s6-tlsd-io dies here, losing what it still held
+                log(conn, "pipe-write-error", e.errno, "lost", len(toclient))
+                if flavour == "s6":
+                    return
+                toapp = b""
+        if not app_eof and not toclient:
+            try:
+                data = os.read(wpipe, 65536)
+                if data:
+                    toclient = data
+                else:
+                    app_eof = True
+            except BlockingIOError:
+                pass
+
+
+def engine(conn, args, sock, ctl, rpipe, wpipe, app):
+    """The TLS side of one connection. app: the application's pid when this
+    process is its parent (sslserver), else None."""
+    def kill_app(why):
+        if app:
+            log(conn, "sigterm-app", why)
+            try:
+                os.kill(app, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    cmd = b""
+    try:
+        cmd = os.read(ctl, 1)
+    except OSError:
+        pass
+    if not cmd:
+        log(conn, "declined")
+        if args.flavour == "sslserver":
+            kill_app("declined")
+        return
+    log(conn, "command", cmd.decode(errors="replace"))
+    if cmd not in (b"y", b"Y"):
+        log(conn, "bad-command")
+        kill_app("bad-command")
+        return
+    if args.flavour == "s6" and fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK:
+        log(conn, "handshake-failed", "client-socket-left-nonblocking")
+        os.close(ctl)
+        return
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.cert, args.key)
+    try:
+        sock.settimeout(30)
+        tls = ctx.wrap_socket(sock, server_side=True)
+    except (ssl.SSLError, OSError) as e:
+        log(conn, "handshake-failed", type(e).__name__)
+        if args.flavour == "sslserver":
+            kill_app("handshake-failed")
+        else:
+            os.close(ctl)
+        return
+    log(conn, "handshake-ok", tls.version(), tls.cipher()[0])
+    if cmd == b"Y":
+        certpem = open(args.cert).read()
+        os.write(ctl, block(args.flavour, tls, certpem))
+    if args.flavour == "s6":
+        os.close(ctl)
+    pump(conn, tls, rpipe, wpipe, args.flavour)
+    log(conn, "tls-done")
+    tls.close()
+    if args.flavour == "sslserver":
+        kill_app("session-end")
+
+
+def handle(conn, args, sock):
+    ctl_app, ctl_srv = socket.socketpair()
+    r_app, r_srv = os.pipe()   # decrypted client data: we write r_srv
+    w_srv, w_app = os.pipe()   # data to encrypt: the app writes w_app
+    app_fds = (ctl_app.fileno(), r_app, w_app)
+    env = dict(os.environ)
+    env.update(SSLCTLFD=str(app_fds[0]), SSLREADFD=str(app_fds[1]),
+               SSLWRITEFD=str(app_fds[2]), TCPREMOTEIP="127.0.0.1",
+               PROTO="TCP")
+    if args.flavour == "s6":
+        # s6-networking 2.8.0.1 leaks these to the application by default
+        env.update(CERTFILE=args.cert, KEYFILE=args.key, CAFILE="/nonexistent/ca.pem",
+                   CADIR="/nonexistent/ca", TLS_UID="65534", TLS_GID="65534")
+        env["KEYFILE:mx.example"] = args.key
+        env["CERTFILE:mx.example"] = args.cert
+
+    def exec_app():
+        os.dup2(sock.fileno(), 0)
+        os.dup2(sock.fileno(), 1)
+        for fd in app_fds:
+            os.set_inheritable(fd, True)
+        os.close(ctl_srv.fileno())
+        os.close(r_srv)
+        os.close(w_srv)
+        sock.close()
+        try:
+            os.execvpe(args.prog[0], args.prog, env)
+        finally:
+            os._exit(126)
+
+    def engine_side():
+        ctl_app.close()
+        os.close(r_app)
+        os.close(w_app)
+        return ctl_srv.detach()
+
+    pid = os.fork()
+    if args.flavour == "s6":
+        if pid:
+            exec_app()
+        try:
+            engine(conn, args, sock, engine_side(), r_srv, w_srv, None)
+        finally:
+            os._exit(0)
+    else:
+        if not pid:
+            exec_app()
+        ctl = engine_side()
+        engine(conn, args, sock, ctl, r_srv, w_srv, pid)
+        _, status = os.waitpid(pid, 0)
+        log(conn, "app-exit", describe(status))
+        os._exit(0)
+
+
+def describe(status):
+    if os.WIFEXITED(status):
+        return "code=%d" % os.WEXITSTATUS(status)
+    return "signal=%d" % os.WTERMSIG(status)
+
+
+def main():
+    global LOG
+    p = argparse.ArgumentParser()
+    p.add_argument("-f", "--flavour", choices=("s6", "sslserver"), required=True)
+    p.add_argument("-c", "--cert", required=True)
+    p.add_argument("-k", "--key", required=True)
+    p.add_argument("-l", "--log")
+    p.add_argument("-p", "--port", type=int, default=0)
+    p.add_argument("prog", nargs="+")
+    args = p.parse_args()
+    LOG = args.log
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", args.port))
+    lsock.listen(256)
+    print(lsock.getsockname()[1], flush=True)
+    kids = {}
+
+    def reap(*_):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            conn = kids.pop(pid, "?")
+            if args.flavour == "s6":
+                log(conn, "app-exit", describe(status))
+            else:
+                log(conn, "handler-exit", describe(status))
+
+    signal.signal(signal.SIGCHLD, reap)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    n = 0
+    while True:
+        try:
+            sock, _ = lsock.accept()
+        except InterruptedError:
+            continue
+        n += 1
+        conn = "c%d" % n
+        pid = os.fork()
+        if not pid:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            lsock.close()
+            log(conn, "connect", args.flavour)
+            handle(conn, args, sock)
+            os._exit(0)
+        kids[pid] = conn
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()
