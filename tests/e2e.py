@@ -572,3 +572,123 @@ def ref10_smtpd_not_executable(flavour, _):
                   err)
         finally:
             bed.close()
+
+
+@test(relays=True)
+def gnutls_cli(flavour, ropts):
+    if not shutil.which("gnutls-cli"):
+        return "gnutls-cli not installed"
+    bed = Bed(flavour, ropts)
+    try:
+        p = subprocess.Popen(["gnutls-cli", "--starttls-proto=smtp", "--insecure", "--crlf",
+                              "-p", str(bed.port), "127.0.0.1"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # gnutls-cli --crlf mangles a read holding several lines: one line per write
+        lines = [b"EHLO client.test\n", b"MAIL FROM:<a@x.test>\n", b"RCPT TO:<b@y.test>\n",
+                 b"DATA\n", b"Subject: gnutls\n", b"\n", b"hello from gnutls-cli\n", b".\n", b"QUIT\n"]
+        end = time.time() + 20
+        while not bed.events() or "handshake-ok" not in [e[1] for e in bed.events()]:
+            check(time.time() < end, "no handshake")
+            time.sleep(0.05)
+        for l in lines:
+            time.sleep(0.1)
+            p.stdin.write(l)
+            p.stdin.flush()
+        out, _ = p.communicate(timeout=20)
+        out = out.decode(errors="replace")
+        check("250 2.0.0 queued as 1" in out and "221 2.0.0 bye" in out, out[-500:])
+        finished(bed, flavour == "s6")
+        check(bed.file("msg-1") == b"Subject: gnutls\r\n\r\nhello from gnutls-cli\r\n", bed.file("msg-1"))
+    finally:
+        bed.close()
+
+
+@test()
+def handshake_failure(flavour, _):
+    """Garbage instead of a ClientHello: s6 closes the control socket with
+    nothing sent (the proxy warns and exits 1), sslserver kills the app."""
+    bed = Bed(flavour)
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"STARTTLS\r\n")
+        check(c.reply() == b"220 2.0.0 Ready to start TLS\r\n", "no 220")
+        c.send(b"this is not a TLS ClientHello\r\n" * 10)
+        try:
+            c.rest()
+        except OSError:
+            pass
+        c.close()
+        ev = [e[1] for e in bed.events()]
+        check("handshake-failed" in ev, ev)
+        bed.wait_exit()
+        check(not bed.leftovers(), "leftovers")
+        if flavour == "s6":
+            check("smtpd-starttls-proxy-io: warning: TLS handshake failed" in bed.stderr_text(),
+                  bed.stderr_text())
+        check(bed.commands() == ["RSET"], bed.commands())
+    finally:
+        bed.close()
+
+
+NONBLOCK_APP = r"""
+import fcntl, os, sys
+os.set_blocking(0, False)
+ctl = int(os.environ["SSLCTLFD"])
+os.write(1, b"220 x\r\n")
+os.write(ctl, b"Y")
+print("block=%r" % os.read(ctl, 100), file=sys.stderr, flush=True)
+"""
+
+
+@test(flavours=("s6",))
+def testbed_refuses_nonblocking(flavour, _):
+    """The s6 flavour must fail the handshake when the application left the
+    client socket O_NONBLOCK, as s6-tlsd-io on libtls does."""
+    import sys
+    bed = Bed(flavour, app=[sys.executable, "-c", NONBLOCK_APP])
+    try:
+        c = Client(bed.port)
+        c.reply()
+        bed.wait_exit()
+        check("handshake-failed" in [e[1] for e in bed.events()], bed.events())
+        check("block=b''" in bed.stderr_text(), bed.stderr_text())
+        c.close()
+    finally:
+        bed.close()
+
+
+def mailfront(flavour, ropts, tls):
+    if not shutil.which("smtpfront-echo"):
+        return "smtpfront-echo (mailfront) not installed"
+    bed = Bed(flavour, ropts, app=[PROG] + list(ropts) + ["smtpfront-echo"],
+              env={"PLUGINS": "accept"})
+    try:
+        msg = message()
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
+            s.ehlo("client.test")
+            check(s.has_extn("starttls"), "no STARTTLS")
+            if tls:
+                s.starttls(context=tls_context())
+                s.ehlo("client.test")
+                check(not s.has_extn("starttls"), "STARTTLS after TLS")
+            s.mail("a@x.test")
+            s.rcpt("b@y.test")
+            code, text = s.data(msg)
+            # mailfront counts the message with LF line ends
+            want = b"Received %d bytes." % len(msg.replace(b"\r\n", b"\n"))
+            check(code == 250 and text == want, (code, text))
+        bed.wait_exit()
+        check(not bed.leftovers(), "leftovers")
+    finally:
+        bed.close()
+
+
+@test(relays=True)
+def mailfront_starttls(flavour, ropts):
+    return mailfront(flavour, ropts, True)
+
+
+@test(relays=True)
+def mailfront_plain(flavour, ropts):
+    return mailfront(flavour, ropts, False)
