@@ -692,3 +692,139 @@ def mailfront_starttls(flavour, ropts):
 @test(relays=True)
 def mailfront_plain(flavour, ropts):
     return mailfront(flavour, ropts, False)
+
+
+EXIM_CONF = """primary_hostname = mx.test
+domainlist local_domains = local.test
+acl_smtp_rcpt = acl_rcpt
+spool_directory = {dir}/spool
+log_file_path = {dir}/%slog
+exim_user = nobody
+exim_group = nogroup
+never_users =
+trusted_users = root
+begin acl
+acl_rcpt:
+  accept domains = +local_domains
+  deny message = relay not permitted
+begin routers
+local:
+  driver = accept
+  domains = +local_domains
+  transport = tofile
+begin transports
+tofile:
+  driver = appendfile
+  file = {dir}/mbox
+  user = nobody
+  group = nogroup
+  mode = 0666
+"""
+
+
+def exim(flavour, ropts, tls):
+    """exim -bs, configured to take mail for local.test into a file; it
+    advertises STARTTLS itself, which the proxy must handle all the same."""
+    path = shutil.which("exim") or shutil.which("exim4")
+    if not path:
+        return "exim not installed"
+    import tempfile
+    from bed import WORK
+    d = tempfile.mkdtemp(prefix="exim-", dir=WORK)
+    os.chmod(d, 0o1777)
+    conf = os.path.join(d, "exim.conf")
+    with open(conf, "w") as f:
+        f.write(EXIM_CONF.format(dir=d))
+    bed = Bed(flavour, ropts, app=[PROG] + list(ropts) + [path, "-C", conf, "-odi", "-bs"])
+    try:
+        msg = message()
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
+            code, text = s.ehlo("client.test")
+            check(text.upper().count(b"STARTTLS") == 1, text)
+            if tls:
+                s.starttls(context=tls_context())
+                code, text = s.ehlo("client.test")
+                check(b"STARTTLS" not in text.upper(), text)
+            s.mail("a@x.test")
+            check(s.rcpt("b@local.test")[0] == 250, "local recipient refused")
+            check(s.rcpt("c@elsewhere.test")[0] == 550, "relaying allowed")
+            check(s.data(msg)[0] == 250, "data refused")
+        bed.wait_exit()
+        check(not bed.leftovers(), "leftovers")
+        with open(os.path.join(d, "mbox"), "rb") as f:
+            mbox = f.read()
+        body = msg.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
+        check(body in mbox, "body not delivered intact")
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test()
+def exim_starttls(flavour, ropts):
+    return exim(flavour, ropts, True)
+
+
+@test()
+def exim_plain(flavour, ropts):
+    return exim(flavour, ropts, False)
+
+
+def final_reply_losses(flavour, ropts, n, workers=4):
+    """n STARTTLS sessions ending in QUIT; returns how many clients did not
+    get the final 221 before EOF."""
+    import threading
+    app = None
+    if shutil.which("smtpfront-echo"):  # a C smtpd: the sessions are many
+        app = [PROG] + list(ropts) + ["smtpfront-echo"]
+    bed = Bed(flavour, ropts, app=app, env={"PLUGINS": "accept"})
+    lost = []
+    errors = []
+    counter = iter(range(n))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            try:
+                c = Client(bed.port, timeout=30)
+                c.reply()
+                c.send(b"EHLO x\r\n")
+                c.reply()
+                c.send(b"STARTTLS\r\n")
+                c.reply()
+                c.starttls()
+                c.send(b"EHLO x\r\n")
+                c.reply()
+                c.send(b"QUIT\r\n")
+                try:
+                    rest = c.rest()
+                except (OSError, ssl.SSLError):
+                    rest = c.buf
+                if not rest.startswith(b"221 "):
+                    lost.append(i)
+                c.close()
+            except Exception as ex:
+                errors.append("%d: %r" % (i, ex))
+
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        check(not bed.leftovers(timeout=20), "leftovers")
+    finally:
+        bed.close()
+    check(not errors, errors[:5])
+    return len(lost)
+
+
+@test()
+def ref11_final_reply_never_lost(flavour, _):
+    n = int(os.environ.get("LOSS_SESSIONS", "1000"))
+    lost = final_reply_losses(flavour, ("-B",), n)
+    check(lost == 0, "%d of %d sessions lost the final 221" % (lost, n))
