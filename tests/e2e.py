@@ -233,9 +233,9 @@ def curl_ssl_reqd(flavour, ropts):
 
 # --- options ---
 
-@test()
-def requiretls(flavour, _):
-    bed = Bed(flavour, ("-r",))
+@test(relays=True)
+def requiretls(flavour, ropts):
+    bed = Bed(flavour, ("-r",) + ropts)
     try:
         c = Client(bed.port)
         c.reply()
@@ -258,9 +258,9 @@ def requiretls(flavour, _):
         bed.close()
 
 
-@test()
-def auth_hidden_then_shown(flavour, _):
-    bed = Bed(flavour, smtpd_opts=("--auth",))
+@test(relays=True)
+def auth_hidden_then_shown(flavour, ropts):
+    bed = Bed(flavour, ropts, smtpd_opts=("--auth",))
     try:
         with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
             s.ehlo("client.test")
@@ -277,9 +277,9 @@ def auth_hidden_then_shown(flavour, _):
         bed.close()
 
 
-@test()
-def plainauth_option(flavour, _):
-    bed = Bed(flavour, ("-a",), smtpd_opts=("--auth",))
+@test(relays=True)
+def plainauth_option(flavour, ropts):
+    bed = Bed(flavour, ("-a",) + ropts, smtpd_opts=("--auth",))
     try:
         with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
             s.ehlo("client.test")
@@ -291,9 +291,9 @@ def plainauth_option(flavour, _):
         bed.close()
 
 
-@test()
-def verbose_tls_info(flavour, _):
-    bed = Bed(flavour, ("-v", "2"))
+@test(relays=True)
+def verbose_tls_info(flavour, ropts):
+    bed = Bed(flavour, ("-v", "2") + ropts)
     try:
         c = Client(bed.port)
         c.reply()
@@ -463,9 +463,9 @@ def ref04_pending_at_decision(flavour, _):
         bed.close()
 
 
-@test()
-def ref05_pipelined(flavour, _):
-    bed = Bed(flavour)
+@test(relays=True)
+def ref05_pipelined(flavour, ropts):
+    bed = Bed(flavour, ropts)
     try:
         c = Client(bed.port)
         c.reply()
