@@ -35,6 +35,28 @@ tests/test_ucspitls: tests/test_ucspitls.c tests/check.h ucspitls.o io.o
 check: $(PROG) $(TESTS)
 	$(PYTHON) tests/run.py
 
+# the unit tests alone: what tcc and pcc are held to
+unit: $(TESTS)
+	$(PYTHON) tests/run.py --unit
+
+# a static binary with musl, run through the end-to-end tests
+static:
+	$(MAKE) clean
+	$(MAKE) CC=musl-gcc LDFLAGS=-static $(PROG)
+
+check-static: static
+	$(PYTHON) tests/run.py --e2e
+
+# static analysis of the program's files, with the checks we hold to
+CPPCHECK = cppcheck --std=c99 --enable=warning,style,performance,portability \
+	--library=posix --error-exitcode=1 -q --suppress=missingIncludeSystem
+TIDYCHECKS = -*,bugprone-*,cert-*,clang-analyzer-*,portability-*,\
+	-bugprone-easily-swappable-parameters,-cert-err33-c
+lint:
+	$(CPPCHECK) $(CPPFLAGS) proxy.c smtp.c ucspitls.c relay.c io.c
+	clang-tidy --quiet --warnings-as-errors='*' --checks='$(TIDYCHECKS)' \
+	  proxy.c smtp.c ucspitls.c relay.c io.c -- -std=c99 $(CPPFLAGS)
+
 demo: $(PROG)
 	$(PYTHON) tests/demo.py
 
@@ -51,4 +73,4 @@ uninstall:
 clean:
 	rm -f $(PROG) $(OBJS) $(TESTS)
 
-.PHONY: all check demo install uninstall clean
+.PHONY: all check unit static check-static lint demo install uninstall clean

@@ -30,12 +30,11 @@ int io_left(long long deadline)
 int io_wait(int fd, short events, long long deadline)
 {
   struct pollfd p;
-  int r;
   p.fd = fd;
   p.events = events;
   for (;;) {
     int left = io_left(deadline);
-    r = poll(&p, 1, left);
+    int r = poll(&p, 1, left);
     if (r > 0) return 1;
     if (!r && !left) return 0;
     if (r < 0 && errno != EINTR) return -1;

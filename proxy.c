@@ -57,7 +57,7 @@ static void usage(void)
 static unsigned long number(const char *s, char opt)
 {
   unsigned long v = 0;
-  if (!*s) usage();
+  if (!s || !*s) usage();
   for (; *s; s++) {
     if (*s < '0' || *s > '9' || v > (~0UL - 9) / 10) {
       say(0, "fatal", "-%c wants a decimal number of milliseconds or a level", opt);
@@ -84,7 +84,6 @@ static char **options(char **argv)
       case 'v': case 't': case 'T': {
         unsigned long v;
         const char *arg = s[1] ? s + 1 : *++argv;
-        if (!arg) usage();
         v = number(arg, c);
         if (c == 'v') verbosity = v;
         else if (c == 't') timeout = v;
@@ -233,7 +232,7 @@ static void session(int sr, int sw)
   int swopen = 1;
   for (;;) {
     struct pollfd p[4];
-    const char *out, *sout;
+    const char *out, *sout = 0;
     char *cin = 0, *sin = 0;
     size_t cout, soutn, croom, sroom;
     int moved = 0, r;

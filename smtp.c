@@ -293,13 +293,14 @@ static void finalize_held(struct smtp *e, int last)
  * held back uncommitted until we know whether another follows it. */
 static void rewrite_line(struct smtp *e, const char *line, size_t len, int first)
 {
-  size_t n = len - 1, k;
+  size_t n = len - 1;
   const char *text;
   int bare = line[3] == '\r' || line[3] == '\n';
   if (n && line[n - 1] == '\r') n--;
   text = line + 4;
   n = bare ? 0 : n - 4;
   if (!first) {
+    size_t k;
     for (k = 0; k < n && text[k] != ' ' && text[k] != '='; k++) ;
     if (wordis(text, k, "starttls")) {
       if (e->tls) return;

@@ -79,7 +79,7 @@ size_t ucspitls_block_feed(struct ucspitls_block *b, const char *s, size_t n)
     } else if (b->target >= 0) {
       char *v = target(b, &cap);
       /* the value ends up in a log line: keep it printable */
-      if (b->vallen + 1 < cap) v[b->vallen++] = (c >= ' ' && c < 127) ? c : '?';
+      if (b->vallen + 1 < cap) v[b->vallen++] = (char)((c >= ' ' && c < 127) ? c : '?');
     }
   }
   return i;

@@ -14,7 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 PROG = os.path.join(TOP, "smtpd-starttls-proxy-io")
 SMTPD = [sys.executable, os.path.join(HERE, "smtpd.py")]
-WORK = os.path.join(HERE, "work")
+WORK = os.environ.get("TESTWORK") or os.path.join(HERE, "work")
 
 
 def certificate():

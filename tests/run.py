@@ -46,17 +46,21 @@ def unit(binary, selected):
 
 
 def main():
-    wanted = sys.argv[1:]
+    args = sys.argv[1:]
+    do_unit = "--e2e" not in args
+    do_e2e = "--unit" not in args
+    wanted = [a for a in args if not a.startswith("--")]
 
     def selected(name):
         return not wanted or any(w in name for w in wanted)
 
     shutil.rmtree(WORK, ignore_errors=True)
-    unit("test_smtp", selected)
-    unit("test_ucspitls", selected)
+    if do_unit:
+        unit("test_smtp", selected)
+        unit("test_ucspitls", selected)
     certificate()
     for name, fn, args in e2e.TESTS:
-        if not selected(name):
+        if not do_e2e or not selected(name):
             continue
         t0 = time.time()
         try:
