@@ -47,6 +47,16 @@ static:
 check-static: static
 	$(PYTHON) tests/run.py --e2e
 
+# libFuzzer on the SMTP engine (clang, libclang-rt-14-dev); FUZZTIME seconds
+FUZZTIME = 60
+FUZZCC = clang
+tests/fuzz_smtp: tests/fuzz_smtp.c smtp.c smtp.h
+	$(FUZZCC) -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -I. -o $@ tests/fuzz_smtp.c smtp.c
+
+fuzz: tests/fuzz_smtp
+	mkdir -p tests/work/corpus
+	tests/fuzz_smtp -max_total_time=$(FUZZTIME) -print_final_stats=1 tests/work/corpus tests/corpus
+
 # static analysis of the program's files, with the checks we hold to
 CPPCHECK = cppcheck --std=c99 --enable=warning,style,performance,portability \
 	--library=posix --error-exitcode=1 -q --suppress=missingIncludeSystem
@@ -71,6 +81,6 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/$(PROG) $(DESTDIR)$(MANDIR)/man8/$(PROG).8
 
 clean:
-	rm -f $(PROG) $(OBJS) $(TESTS)
+	rm -f $(PROG) $(OBJS) $(TESTS) tests/fuzz_smtp
 
-.PHONY: all check unit static check-static lint demo install uninstall clean
+.PHONY: all check unit fuzz static check-static lint demo install uninstall clean
