@@ -47,6 +47,18 @@ static:
 check-static: static
 	$(PYTHON) tests/run.py --e2e
 
+# the whole suite with AddressSanitizer and UndefinedBehaviorSanitizer
+SANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+check-asan:
+	$(MAKE) clean
+	$(MAKE) CFLAGS="-std=c99 -Wall -Wextra -pedantic $(SANFLAGS)" LDFLAGS="$(SANFLAGS)" check
+
+# the proxy's sessions under memcheck with descriptor tracking (built-in relay)
+VGTESTS = smtplib ,builtin] ref requiretls auth_ plainauth verbose starttls_injection \
+	session_timeout handshake_failure
+check-valgrind: $(PROG)
+	VALGRIND=1 BIG_MB=2 LOSS_SESSIONS=20 $(PYTHON) tests/run.py --e2e $(VGTESTS)
+
 # libFuzzer on the SMTP engine (clang, libclang-rt-14-dev); FUZZTIME seconds
 FUZZTIME = 60
 FUZZCC = clang
@@ -83,4 +95,4 @@ uninstall:
 clean:
 	rm -f $(PROG) $(OBJS) $(TESTS) tests/fuzz_smtp
 
-.PHONY: all check unit fuzz static check-static lint demo install uninstall clean
+.PHONY: all check check-asan check-valgrind unit fuzz static check-static lint demo install uninstall clean

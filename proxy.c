@@ -27,6 +27,16 @@ static int builtin;
 static unsigned flags;
 static int ctlfd, readfd, writefd;
 static struct smtp engine;
+static int smtpd_r = -1, smtpd_w = -1; /* our ends of the smtpd's pipes */
+
+/* Exits with every descriptor we opened closed, so a leak checker sees
+ * only what we were given. */
+static void leave(int code)
+{
+  if (smtpd_r >= 0) close(smtpd_r);
+  if (smtpd_w >= 0) close(smtpd_w);
+  _exit(code);
+}
 
 /* One line per event, written at once so lines from both processes do not mix. */
 static void say(unsigned long level, const char *kind, const char *fmt, ...)
@@ -165,7 +175,7 @@ static void finish(void)
     if (code) info("the smtpd closed with replies still owed");
     break;
   }
-  _exit(code);
+  leave(code);
 }
 
 static void move_to(int from, int to)
@@ -178,13 +188,11 @@ static void handshake(void)
 {
   struct ucspitls_block b;
   int r, w;
-  switch (ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), &b)) {
-  case UCSPITLS_OK: break;
-  case UCSPITLS_FAILED: warn("TLS handshake failed"); _exit(1);
-  case UCSPITLS_TIMEOUT: warn("timed out waiting for the TLS handshake"); _exit(99);
-  case UCSPITLS_TOOBIG: fatal(1, "the UCSPI-TLS information block is over %lu bytes", UCSPITLS_BLOCKMAX);
-  case UCSPITLS_ERROR: fatal(111, "unable to talk to the UCSPI-TLS server: %s", strerror(errno));
-  }
+  enum ucspitls_result res = ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), &b);
+  if (res == UCSPITLS_TOOBIG) fatal(1, "the UCSPI-TLS information block is over %lu bytes", UCSPITLS_BLOCKMAX);
+  if (res == UCSPITLS_ERROR) fatal(111, "unable to talk to the UCSPI-TLS server: %s", strerror(errno));
+  if (res == UCSPITLS_FAILED) { warn("TLS handshake failed"); leave(1); }
+  if (res == UCSPITLS_TIMEOUT) { warn("timed out waiting for the TLS handshake"); leave(99); }
   info("TLS started: protocol %s, cipher %s", b.protocol[0] ? b.protocol : "unknown",
        b.cipher[0] ? b.cipher : "unknown");
   if (ctlfd != readfd && ctlfd != writefd) close(ctlfd);
@@ -204,6 +212,7 @@ static void handshake(void)
 static void relay(int sr, int sw)
 {
   struct smtp_leftover l;
+  enum relay_result res;
   int i;
   smtp_leftover(&engine, &l);
   for (i = 0; i < 2; i++)
@@ -214,11 +223,10 @@ static void relay(int sr, int sw)
     relay_exec(sr, sw, relaytimeout);
     info("unable to exec s6-ioconnect: %s: using the built-in relay", strerror(errno));
   }
-  switch (relay_run(0, 1, sr, sw, relaytimeout, relaytimeout ? relaytimeout : timeout)) {
-  case RELAY_OK: _exit(0);
-  case RELAY_TIMEOUT: warn("relay: no traffic for %lu ms: closing", relaytimeout ? relaytimeout : timeout); _exit(99);
-  case RELAY_ERROR: fatal(111, "relay: %s", strerror(errno));
-  }
+  res = relay_run(0, 1, sr, sw, relaytimeout, relaytimeout ? relaytimeout : timeout);
+  if (res == RELAY_ERROR) fatal(111, "relay: %s", strerror(errno));
+  if (res == RELAY_TIMEOUT) warn("relay: no traffic for %lu ms: closing", relaytimeout ? relaytimeout : timeout);
+  leave(res == RELAY_OK ? 0 : 99);
 }
 
 static int again(void)
@@ -241,7 +249,7 @@ static void session(int sr, int sw)
     if (st == SMTP_CLOSE) finish();
     if (st == SMTP_RELAY) relay(sr, sw);
     if (st == SMTP_STARTTLS && !cout) { handshake(); deadline = io_deadline(timeout); continue; }
-    if (swopen && smtp_server_done(&engine)) { close(sw); swopen = 0; }
+    if (swopen && smtp_server_done(&engine)) { close(sw); swopen = 0; smtpd_w = -1; }
     croom = smtp_client_room(&engine, &cin);
     sroom = smtp_server_room(&engine, &sin);
     soutn = swopen ? smtp_server_output(&engine, &sout) : 0;
@@ -262,7 +270,7 @@ static void session(int sr, int sw)
       /* fd 1 may be the super-server's socket, left blocking: small writes */
       ssize_t w = write(1, out, cout > 512 ? 512 : cout);
       if (w > 0) { smtp_client_sent(&engine, (size_t)w); moved = 1; }
-      else if (w < 0 && !again()) { info("client connection lost: %s", strerror(errno)); _exit(1); }
+      else if (w < 0 && !again()) { info("client connection lost: %s", strerror(errno)); leave(1); }
     }
     if (p[3].revents) {
       ssize_t w = write(sw, sout, soutn);
@@ -308,6 +316,8 @@ int main(int argc, char **argv)
   /* these pipe ends are ours alone: never blocking */
   fcntl(toserver[1], F_SETFL, fcntl(toserver[1], F_GETFL) | O_NONBLOCK);
   fcntl(fromserver[0], F_SETFL, fcntl(fromserver[0], F_GETFL) | O_NONBLOCK);
+  smtpd_r = fromserver[0];
+  smtpd_w = toserver[1];
   smtp_init(&engine, flags);
   session(fromserver[0], toserver[1]);
   return 0;

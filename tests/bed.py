@@ -48,6 +48,10 @@ class Bed:
         self.marker = os.path.basename(self.dir)
         if app is None:
             app = [PROG] + list(opts) + SMTPD + [self.dir] + list(smtpd_opts)
+        if os.environ.get("VALGRIND") and app[0] == PROG:
+            # the proxy child stays under memcheck; the smtpd it execs does not
+            app = ["valgrind", "-q", "--track-fds=yes", "--trace-children=no",
+                   "--log-file=" + os.path.join(WORK, "valgrind.%p")] + app
         e = dict(os.environ)
         e["TESTBED"] = self.marker
         if env:
@@ -114,7 +118,11 @@ class Bed:
 
     def close(self, keep=False):
         self.server.terminate()
-        self.server.wait()
+        try:
+            self.server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait()
         self.stderr.close()
         if not keep:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -45,6 +45,26 @@ def unit(binary, selected):
     return seen
 
 
+def valgrind_logs():
+    """Every memcheck log must be empty of errors, and every descriptor
+    open at exit must be one the proxy was given."""
+    bad = []
+    logs = [f for f in os.listdir(WORK) if f.startswith("valgrind.")]
+    for name in logs:
+        with open(os.path.join(WORK, name)) as f:
+            blocks = f.read().split("==\n")
+        for b in blocks:
+            lines = [l.split("== ", 1)[-1].strip() for l in b.splitlines()]
+            lines = [l for l in lines if l and not l.startswith("FILE DESCRIPTORS")]
+            if not lines:
+                continue
+            if lines[0].startswith("Open ") and "<inherited from parent>" in lines:
+                continue
+            bad.append("%s: %s" % (name, " | ".join(lines[:4])))
+    record("valgrind_logs_clean", "failed" if bad or not logs else "passed",
+           "; ".join(bad[:5]) if bad else "%d logs" % len(logs))
+
+
 def main():
     args = sys.argv[1:]
     do_unit = "--e2e" not in args
@@ -72,6 +92,8 @@ def main():
         except Exception as ex:  # one broken test must not stop the others
             tb = traceback.format_exc().strip().splitlines()
             record(name, "failed", "%s: %s | %s" % (type(ex).__name__, ex, " / ".join(tb[-4:-1])))
+    if os.environ.get("VALGRIND"):
+        valgrind_logs()
     print("%d passed, %d failed, %d skipped" % (results["passed"], results["failed"],
                                                results["skipped"]))
     return 1 if results["failed"] else 0

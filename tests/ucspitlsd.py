@@ -293,7 +293,7 @@ def main():
                 log(conn, "handler-exit", describe(status))
 
     signal.signal(signal.SIGCHLD, reap)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     n = 0
     while True:
         try:
@@ -305,6 +305,7 @@ def main():
         pid = os.fork()
         if not pid:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             lsock.close()
             log(conn, "connect", args.flavour)
             handle(conn, args, sock)
