@@ -831,3 +831,54 @@ def ref11_final_reply_never_lost(flavour, _):
     n = int(os.environ.get("LOSS_SESSIONS", "1000"))
     lost = final_reply_losses(flavour, ("-B",), n)
     check(lost == 0, "%d of %d sessions lost the final 221" % (lost, n))
+
+
+@test()
+def greeting_554(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--greeting", "554 mx.test no service for you"))
+    try:
+        c = Client(bed.port)
+        check(c.reply() == b"554 mx.test no service for you\r\n", "greeting")
+        c.send(b"QUIT\r\n")
+        check(c.reply() == b"221 2.0.0 bye\r\n", "no 221")
+        c.close()
+        finished(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def smtpd_exits_at_command(flavour, _):
+    """The smtpd dies without a word while commands are pending: each gets
+    421 4.3.0, the connection closes, nothing is left behind."""
+    for verb, send in (("EHLO", b"EHLO x\r\nNOOP\r\n"), ("RSET", b"STARTTLS\r\n")):
+        bed = Bed(flavour, smtpd_opts=("--exit-at", verb))
+        try:
+            c = Client(bed.port)
+            c.reply()
+            c.send(send)
+            rest = c.rest()
+            want = b"421 4.3.0 Mail server unavailable, closing connection\r\n" * send.count(b"\n")
+            check(rest == want, (verb, rest))
+            c.close()
+            finished(bed)
+        finally:
+            bed.close()
+
+
+@test(relays=True)
+def curl_plain(flavour, ropts):
+    if not shutil.which("curl"):
+        return "curl not installed"
+    bed = Bed(flavour, ropts)
+    try:
+        mail = b"Subject: curl\r\n\r\nhello from curl, no TLS\r\n"
+        p = subprocess.run(["curl", "-sS", "smtp://127.0.0.1:%d" % bed.port,
+                            "--mail-from", "a@x.test", "--mail-rcpt", "b@y.test", "-T", "-"],
+                           input=mail, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        check(p.returncode == 0, p.stdout)
+        finished(bed)
+        check(bed.file("msg-1") == mail, bed.file("msg-1"))
+        check("command" not in [e[1] for e in bed.events()], "TLS was asked for")
+    finally:
+        bed.close()
