@@ -36,6 +36,9 @@ def sha256(path):
     return h.hexdigest()
 
 
+CLOSED = []  # what each closed bed logged, for run.py to show when a test fails
+
+
 class Bed:
     """One test UCSPI-TLS server (flavour s6 or sslserver) running
     PROG [opts] smtpd.py DIR [smtpd_opts], or any app given."""
@@ -117,6 +120,8 @@ class Bed:
         return (self.file("commands") or b"").decode("latin-1").splitlines()
 
     def close(self, keep=False):
+        CLOSED.append("%s: events %s; stderr %r" % (
+            self.marker, [" ".join(e) for e in self.events()], self.stderr_text()[-600:]))
         self.server.terminate()
         try:
             self.server.wait(timeout=5)

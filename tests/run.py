@@ -10,6 +10,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bed  # noqa: E402
 from bed import TOP, WORK, certificate  # noqa: E402
 import e2e  # noqa: E402
 
@@ -83,6 +84,7 @@ def main():
         if not do_e2e or not selected(name):
             continue
         t0 = time.time()
+        del bed.CLOSED[:]
         try:
             skip = fn(*args)
             if skip:
@@ -92,6 +94,8 @@ def main():
         except Exception as ex:  # one broken test must not stop the others
             tb = traceback.format_exc().strip().splitlines()
             record(name, "failed", "%s: %s | %s" % (type(ex).__name__, ex, " / ".join(tb[-4:-1])))
+            for summary in bed.CLOSED[-3:]:
+                print("  bed %s" % summary)
     if os.environ.get("VALGRIND"):
         valgrind_logs()
     print("%d passed, %d failed, %d skipped" % (results["passed"], results["failed"],
