@@ -43,7 +43,7 @@ class Bed:
     """One test UCSPI-TLS server (flavour s6 or sslserver) running
     PROG [opts] smtpd.py DIR [smtpd_opts], or any app given."""
 
-    def __init__(self, flavour, opts=(), smtpd_opts=(), app=None, env=None):
+    def __init__(self, flavour, opts=(), smtpd_opts=(), app=None, env=None, server_opts=()):
         cert, key = certificate()
         self.dir = tempfile.mkdtemp(prefix="bed-", dir=WORK)
         self.log = os.path.join(self.dir, "ucspitlsd.log")
@@ -62,7 +62,7 @@ class Bed:
         self.stderr = open(self.stderr_path, "wb")
         self.server = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "ucspitlsd.py"), "-f", flavour, "-c", cert,
-             "-k", key, "-l", self.log, "--"] + app,
+             "-k", key, "-l", self.log] + list(server_opts) + ["--"] + app,
             stdout=subprocess.PIPE, stderr=self.stderr, env=e)
         self.port = int(self.server.stdout.readline())
         self.flavour = flavour
@@ -121,7 +121,7 @@ class Bed:
 
     def close(self, keep=False):
         CLOSED.append("%s: events %s; stderr %r" % (
-            self.marker, [" ".join(e) for e in self.events()], self.stderr_text()[-600:]))
+            self.marker, [" ".join(e) for e in self.events()][-15:], self.stderr_text()[-600:]))
         self.server.terminate()
         try:
             self.server.wait(timeout=5)

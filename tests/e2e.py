@@ -882,3 +882,167 @@ def curl_plain(flavour, ropts):
         check("command" not in [e[1] for e in bed.events()], "TLS was asked for")
     finally:
         bed.close()
+
+
+# --- faults (issue 4) ---
+
+def client_session(bed, step):
+    """Plays a session up to step, then drops the connection."""
+    c = Client(bed.port)
+    if step == "before_greeting":
+        c.close()
+        return
+    c.reply()
+    if step == "mid_line":
+        c.send(b"EHL")
+    elif step == "after_ehlo":
+        c.send(b"EHLO x\r\n")
+        c.reply()
+    elif step == "after_starttls":
+        c.send(b"EHLO x\r\nSTARTTLS\r\n")
+    elif step == "during_handshake":
+        c.send(b"STARTTLS\r\n")
+        c.reply()
+        c.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's first bytes
+    elif step == "mid_data":
+        c.send(b"EHLO x\r\n")
+        c.reply()
+        c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+        c.replies(3)
+        c.send(b"Subject: cut\r\n\r\nhalf a line")
+    c.close()
+
+
+STEPS = ("before_greeting", "mid_line", "after_ehlo", "after_starttls", "during_handshake", "mid_data")
+
+
+@test(relays=True)
+def client_drops_at_every_step(flavour, ropts):
+    for step in STEPS:
+        bed = Bed(flavour, ("-t", "3000") + ropts)
+        try:
+            t0 = time.time()
+            client_session(bed, step)
+            code = bed.wait_exit(timeout=15)
+            check(code is not None, "%s: the session did not end" % step)
+            check(time.time() - t0 < 10, "%s: took %.1fs" % (step, time.time() - t0))
+            check(not bed.leftovers(), "%s: leftovers" % step)
+            err = bed.stderr_text()
+            check("fatal" not in err and "Sanitizer" not in err, "%s: %s" % (step, err))
+            if step == "mid_data":
+                check(bed.commands()[:4] == ["EHLO x", "MAIL FROM:<a@x.test>", "RCPT TO:<b@y.test>", "DATA"],
+                      bed.commands())
+        finally:
+            bed.close()
+
+
+@test()
+def ctl_closed_early(flavour, _):
+    """The super-server closes the control socket at once: STARTTLS gets its
+    220, the 'Y' finds nobody, the proxy warns and ends; nothing remains."""
+    bed = Bed(flavour, server_opts=("--ctl-close-early",))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"STARTTLS\r\n")
+        check(c.reply() == b"220 2.0.0 Ready to start TLS\r\n", "no 220")
+        check(c.rest() == b"", "bytes after 220")
+        c.close()
+        bed.wait_exit()
+        check(not bed.leftovers(), "leftovers")
+        check("warning: TLS handshake failed" in bed.stderr_text(), bed.stderr_text())
+    finally:
+        bed.close()
+
+
+def rss_kib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@test(flavours=("s6",), relays=True)
+def load_200_sessions(flavour, ropts):
+    """200 concurrent sessions, half STARTTLS, half plaintext, smtplib and
+    raw clients mixed, each with its own message: all delivered byte-exact."""
+    import threading
+    n = int(os.environ.get("LOAD_SESSIONS", "200"))
+    bed = Bed(flavour, ropts, smtpd_opts=("--unique",))
+    bodies = {}
+    errors = []
+    peak = [0]
+    done = threading.Event()
+    start = threading.Barrier(n)
+
+    def sample():
+        while not done.is_set():
+            for p in os.listdir("/proc"):
+                if p.isdigit():
+                    try:
+                        with open("/proc/%s/cmdline" % p, "rb") as f:
+                            if f.read().startswith(PROG.encode()):
+                                peak[0] = max(peak[0], rss_kib(int(p)))
+                    except OSError:
+                        pass
+            time.sleep(0.05)
+
+    def session(i):
+        body = ("Subject: load %d\r\n\r\n" % i).encode() + os.urandom(3000 + i).hex().encode() + b"\r\n"
+        bodies[i] = body
+        try:
+            start.wait(timeout=60)
+            if i % 2:
+                with smtplib.SMTP("127.0.0.1", bed.port, timeout=60) as s:
+                    s.ehlo("c%d" % i)
+                    if i % 4 == 1:
+                        s.starttls(context=tls_context())
+                        s.ehlo("c%d" % i)
+                    s.sendmail("a%d@x.test" % i, ["b@y.test"], body)
+            else:
+                c = Client(bed.port, timeout=60)
+                c.reply()
+                c.send(b"EHLO r%d\r\n" % i)
+                c.reply()
+                if i % 4 == 0:
+                    c.send(b"STARTTLS\r\n")
+                    c.reply()
+                    c.starttls()
+                    c.send(b"EHLO r%d\r\n" % i)
+                    c.reply()
+                c.send(b"MAIL FROM:<a%d@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n" % i)
+                c.replies(3)
+                c.send(body + b".\r\nQUIT\r\n")
+                r = c.replies(2)
+                check(r[0].startswith(b"250 2.0.0 queued"), r)
+                c.close()
+        except Exception as ex:
+            errors.append("%d: %r" % (i, ex))
+
+    try:
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        threads = [threading.Thread(target=session, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done.set()
+        sampler.join()
+        check(not errors, errors[:5])
+        check(not bed.leftovers(timeout=30), "leftovers")
+        got = {}
+        for name in os.listdir(bed.dir):
+            if name.startswith("msg-"):
+                data = bed.file(name)
+                got[int(data.split(b"\r\n")[0].split()[-1])] = data
+        check(sorted(got) == list(range(n)), "delivered %d of %d" % (len(got), n))
+        check(all(got[i] == bodies[i] for i in range(n)), "a body differs")
+        check(0 < peak[0] < 4096, "proxy peak RSS %d KiB" % peak[0])
+        print("  load: %d sessions, proxy peak RSS %d KiB" % (n, peak[0]))
+    finally:
+        bed.close()

@@ -15,6 +15,7 @@ its open fds in DIR/fds. Options:
   --help-lines N multi-line HELP reply of N lines
   --ehlo-pad N   make the EHLO reply's first line N octets longer
   --idle-421 MS  after MS without a command, say 421 unasked and exit
+  --unique       name message files msg-PID-N (many smtpds share DIR)
 A "|" in the greeting separates lines.
 """
 import os
@@ -26,10 +27,10 @@ args = sys.argv[1:]
 out_dir = args.pop(0)
 opt = {"single": False, "auth": False, "starttls": False, "greeting": "220 mx.test ESMTP test",
        "exit-at": None, "slow": 0, "help-lines": 3, "ehlo-pad": 0,
-       "idle-421": 0}
+       "idle-421": 0, "unique": False}
 while args:
     a = args.pop(0)[2:]
-    if a in ("single", "auth", "starttls"):
+    if a in ("single", "auth", "starttls", "unique"):
         opt[a] = True
     else:
         opt[a] = args.pop(0)
@@ -117,7 +118,9 @@ while True:
             continue
         reply("354 go ahead\r\n")
         nmsg += 1
-        with open(os.path.join(out_dir, "msg-%d" % nmsg), "wb") as body:
+        # concurrent smtpds in one directory each name their own files
+        name = "msg-%d" % nmsg if not opt["unique"] else "msg-%d-%d" % (os.getpid(), nmsg)
+        with open(os.path.join(out_dir, name), "wb") as body:
             while True:
                 l = inp.readline()
                 if not l or l == b".\r\n":

@@ -218,6 +218,15 @@ static void start_failed(void)
   CHECK(exchange(pieces, 0, 0, 0, 5000) == UCSPITLS_FAILED);
 }
 
+static void start_peer_gone(void)
+{
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  close(sv[1]);
+  CHECK(ucspitls_start(sv[0], 0, io_deadline(1000), &b) == UCSPITLS_FAILED);
+  close(sv[0]);
+}
+
 static void start_timeout(void)
 {
   const char *pieces[] = { "SSL_PROTOCOL=TLSv1.3\0", 0 };
@@ -264,6 +273,7 @@ int main(void)
   RUN(start_sslserver_style);
   RUN(start_s6_style);
   RUN(start_failed);
+  RUN(start_peer_gone);
   RUN(start_timeout);
   RUN(start_shared_fd);
   RUN(start_toobig);

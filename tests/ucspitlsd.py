@@ -157,6 +157,10 @@ def engine(conn, args, sock, ctl, rpipe, wpipe, app):
                 pass
 
     cmd = b""
+    if args.ctl_close_early:
+        log(conn, "ctl-closed-early")
+        os.close(ctl)
+        return
     try:
         cmd = os.read(ctl, 1)
     except OSError:
@@ -268,6 +272,8 @@ def main():
     p.add_argument("-k", "--key", required=True)
     p.add_argument("-l", "--log")
     p.add_argument("-p", "--port", type=int, default=0)
+    p.add_argument("--ctl-close-early", action="store_true",
+                   help="close the control socket at once, as a broken server would")
     p.add_argument("prog", nargs="+")
     args = p.parse_args()
     LOG = args.log
