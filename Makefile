@@ -51,13 +51,14 @@ check-static: static
 SANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 check-asan:
 	$(MAKE) clean
-	$(MAKE) CFLAGS="-std=c99 -Wall -Wextra -pedantic $(SANFLAGS)" LDFLAGS="$(SANFLAGS)" check
+	INSTRUMENTED=1 $(MAKE) CFLAGS="-std=c99 -Wall -Wextra -pedantic $(SANFLAGS)" \
+	  LDFLAGS="$(SANFLAGS)" check
 
 # the proxy's sessions under memcheck with descriptor tracking (built-in relay)
 VGTESTS = smtplib ,builtin] ref requiretls auth_ plainauth verbose starttls_injection \
 	session_timeout handshake_failure
 check-valgrind: $(PROG)
-	VALGRIND=1 BIG_MB=2 LOSS_SESSIONS=20 $(PYTHON) tests/run.py --e2e $(VGTESTS)
+	VALGRIND=1 INSTRUMENTED=1 BIG_MB=2 LOSS_SESSIONS=20 LOAD_SESSIONS=20 $(PYTHON) tests/run.py --e2e $(VGTESTS)
 
 # libFuzzer on the SMTP engine (clang, libclang-rt-14-dev); FUZZTIME seconds
 FUZZTIME = 60

@@ -1042,7 +1042,9 @@ def load_200_sessions(flavour, ropts):
                 got[int(data.split(b"\r\n")[0].split()[-1])] = data
         check(sorted(got) == list(range(n)), "delivered %d of %d" % (len(got), n))
         check(all(got[i] == bodies[i] for i in range(n)), "a body differs")
-        check(0 < peak[0] < 4096, "proxy peak RSS %d KiB" % peak[0])
-        print("  load: %d sessions, proxy peak RSS %d KiB" % (n, peak[0]))
+        # sanitizers and valgrind own the RSS (and valgrind the cmdline)
+        if not os.environ.get("INSTRUMENTED"):
+            check(0 < peak[0] < 4096, "proxy peak RSS %d KiB" % peak[0])
+            print("  load: %d sessions, proxy peak RSS %d KiB" % (n, peak[0]))
     finally:
         bed.close()
