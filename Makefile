@@ -80,6 +80,15 @@ lint:
 	clang-tidy --quiet --warnings-as-errors='*' --checks='$(TIDYCHECKS)' \
 	  proxy.c smtp.c ucspitls.c relay.c io.c -- -std=c99 $(CPPFLAGS)
 
+# the cost per session, the relay's throughput and the footprint (tests/bench.sh)
+tests/bench: tests/bench.c
+	$(CC) $(CFLAGS) $(CPPFLAGS) -o $@ tests/bench.c
+tests/bench_smtpd: tests/bench_smtpd.c
+	$(CC) $(CFLAGS) $(CPPFLAGS) -o $@ tests/bench_smtpd.c
+
+bench: $(PROG) tests/bench tests/bench_smtpd
+	sh tests/bench.sh
+
 demo: $(PROG)
 	$(PYTHON) tests/demo.py
 
@@ -94,6 +103,6 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/$(PROG) $(DESTDIR)$(MANDIR)/man8/$(PROG).8
 
 clean:
-	rm -f $(PROG) $(OBJS) $(TESTS) tests/fuzz_smtp
+	rm -f $(PROG) $(OBJS) $(TESTS) tests/fuzz_smtp tests/bench tests/bench_smtpd
 
-.PHONY: all check check-asan check-valgrind unit fuzz static check-static lint demo install uninstall clean
+.PHONY: all bench check check-asan check-valgrind unit fuzz static check-static lint demo install uninstall clean

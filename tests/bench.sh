@@ -1,0 +1,32 @@
+#!/bin/sh
+# make bench: strips copies of the program (and builds a static musl one
+# when musl-gcc is there), then runs the driver with every contender.
+# BENCH_PROXY=/path/to/other adds another program with the same interface,
+# run exactly like ours (with s6-ioconnect as its relay).
+set -eu
+w=tests/work/bench
+mkdir -p "$w"
+cp smtpd-starttls-proxy-io "$w/proxy"
+strip "$w/proxy"
+set -- floor=floor
+if command -v s6-ioconnect >/dev/null; then
+  set -- "$@" ioconnect="$w/proxy"
+else
+  echo "bench: s6-ioconnect not found: no ioconnect contender" >&2
+fi
+set -- "$@" builtin="$w/proxy,-B"
+if command -v musl-gcc >/dev/null; then
+  musl-gcc -static -O2 -std=c99 -D_POSIX_C_SOURCE=200809L -o "$w/proxy-static" \
+    proxy.c smtp.c ucspitls.c relay.c io.c
+  strip "$w/proxy-static"
+  set -- "$@" builtin-static="$w/proxy-static,-B"
+else
+  echo "bench: musl-gcc not found: no static contender" >&2
+fi
+if [ -n "${BENCH_PROXY:-}" ]; then
+  set -- "$@" other="$BENCH_PROXY"
+fi
+uname -srm
+grep -m1 'model name' /proc/cpuinfo 2>/dev/null || :
+exec tests/bench -n "${BENCH_N:-1000}" -r "${BENCH_RUNS:-5}" -m "${BENCH_MIB:-1024}" \
+  tests/bench_smtpd "$@"
