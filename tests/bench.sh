@@ -1,6 +1,7 @@
 #!/bin/sh
-# make bench: strips copies of the program (and builds a static musl one
-# when musl-gcc is there), then runs the driver with every contender.
+# make bench: strips a copy of the program, builds one without the splice
+# fast path and a static musl one (when musl-gcc is there), then runs the
+# driver with every contender.
 # BENCH_PROXY=/path/to/other adds another program with the same interface,
 # run exactly like ours (with s6-ioconnect as its relay).
 set -eu
@@ -15,6 +16,11 @@ else
   echo "bench: s6-ioconnect not found: no ioconnect contender" >&2
 fi
 set -- "$@" builtin="$w/proxy,-B"
+# the relay's portable path, as on systems without splice(2)
+${CC:-cc} -O2 -std=c99 -D_POSIX_C_SOURCE=200809L -DRELAY_NO_SPLICE -o "$w/proxy-copy" \
+  proxy.c smtp.c ucspitls.c relay.c io.c
+strip "$w/proxy-copy"
+set -- "$@" builtin-copy="$w/proxy-copy,-B"
 if command -v musl-gcc >/dev/null; then
   musl-gcc -static -O2 -std=c99 -D_POSIX_C_SOURCE=200809L -o "$w/proxy-static" \
     proxy.c smtp.c ucspitls.c relay.c io.c
