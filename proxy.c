@@ -28,6 +28,7 @@ static unsigned flags;
 static int ctlfd, readfd, writefd;
 static struct smtp engine;
 static int smtpd_r = -1, smtpd_w = -1; /* our ends of the smtpd's pipes */
+static int execfail_r = -1; /* a byte here: the exec failed, and the parent said so */
 
 /* Exits with every descriptor we opened closed, so a leak checker sees
  * only what we were given. */
@@ -35,6 +36,7 @@ static void leave(int code)
 {
   if (smtpd_r >= 0) close(smtpd_r);
   if (smtpd_w >= 0) close(smtpd_w);
+  if (execfail_r >= 0) close(execfail_r);
   _exit(code);
 }
 
@@ -146,18 +148,22 @@ static void closeabove2(int fd)
   if (fd > 2) close(fd);
 }
 
-/* The parent becomes the smtpd, keeping the pid the super-server knows. */
-static void smtpd(char **argv, int in, int out, int p[4])
+/* The parent becomes the smtpd, keeping the pid the super-server knows.
+ * p holds the pipe ends to close; p[5], close-on-exec, carries one byte to
+ * the child if the exec fails, so that the failure is logged once. */
+static void smtpd(char **argv, int in, int out, int p[6])
 {
-  int i;
+  int i, e;
   if (dup2(in, 0) < 0 || dup2(out, 1) < 0) fatal(111, "unable to set up the smtpd's stdin and stdout: %s", strerror(errno));
-  for (i = 0; i < 4; i++) close(p[i]);
+  for (i = 0; i < 5; i++) close(p[i]);
   closeabove2(ctlfd);
   closeabove2(readfd);
   closeabove2(writefd);
   cleanenv();
   execvp(argv[0], argv);
-  fatal(111, "unable to exec %s: %s", argv[0], strerror(errno));
+  e = errno;
+  while (write(p[5], "x", 1) < 0 && errno == EINTR) ;
+  fatal(111, "unable to exec %s: %s", argv[0], strerror(e));
 }
 
 static void finish(void)
@@ -165,6 +171,7 @@ static void finish(void)
   const char *out;
   size_t n = smtp_client_output(&engine, &out), done = 0;
   int code = smtp_exitcode(&engine);
+  char c;
   io_writeall(1, out, n, &done, io_deadline(timeout));
   switch (smtp_why(&engine)) {
   case SMTP_WHY_SERVERBROKEN: fatal(1, "the smtpd sent a line that is not an SMTP reply");
@@ -172,7 +179,8 @@ static void finish(void)
   case SMTP_WHY_ERRORS: warn("client sent too many malformed lines: closing"); break;
   case SMTP_WHY_TIMEOUT: warn("no traffic for %lu ms: closing", timeout); break;
   default:
-    if (code) info("the smtpd closed with replies still owed");
+    /* the exec failure, if that is what it was, is logged already */
+    if (code && read(execfail_r, &c, 1) != 1) warn("the smtpd closed with replies still owed");
     break;
   }
   leave(code);
@@ -293,7 +301,7 @@ static void session(int sr, int sw)
 
 int main(int argc, char **argv)
 {
-  int toserver[2], fromserver[2], p[4];
+  int toserver[2], fromserver[2], execfail[2], p[6];
   pid_t pid;
   (void)argc;
   argv = options(argv);
@@ -305,14 +313,20 @@ int main(int argc, char **argv)
     fatal(100, "fds 0 and 1 must be the client connection");
   if (fcntl(2, F_GETFD) < 0 && open("/dev/null", O_WRONLY) != 2)
     fatal(111, "unable to open /dev/null as fd 2: %s", strerror(errno));
-  if (pipe(toserver) < 0 || pipe(fromserver) < 0) fatal(111, "pipe: %s", strerror(errno));
+  if (pipe(toserver) < 0 || pipe(fromserver) < 0 || pipe(execfail) < 0)
+    fatal(111, "pipe: %s", strerror(errno));
+  fcntl(execfail[0], F_SETFD, FD_CLOEXEC);
+  fcntl(execfail[1], F_SETFD, FD_CLOEXEC);
   p[0] = toserver[0]; p[1] = toserver[1]; p[2] = fromserver[0]; p[3] = fromserver[1];
+  p[4] = execfail[0]; p[5] = execfail[1];
   pid = fork();
   if (pid < 0) fatal(111, "fork: %s", strerror(errno));
   if (pid) smtpd(argv, toserver[0], fromserver[1], p);
   signal(SIGPIPE, SIG_IGN);
   close(toserver[0]);
   close(fromserver[1]);
+  close(execfail[1]);
+  execfail_r = execfail[0];
   /* these pipe ends are ours alone: never blocking */
   fcntl(toserver[1], F_SETFL, fcntl(toserver[1], F_GETFL) | O_NONBLOCK);
   fcntl(fromserver[0], F_SETFL, fcntl(fromserver[0], F_GETFL) | O_NONBLOCK);

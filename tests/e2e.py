@@ -866,6 +866,36 @@ def smtpd_exits_at_command(flavour, _):
             bed.close()
 
 
+@test()
+def smtpd_misbehaves(flavour, _):
+    """The smtpd exits before its greeting, or greets in another protocol,
+    or says something unasked after a good greeting: the client gets
+    421 4.3.0, the log says why in one line, nothing is left behind."""
+    cases = (("exits before greeting", [PROG, "true"], b"", None),
+             ("not SMTP", None, b"", ("--greeting", "* OK IMAP4rev1 ready")),
+             ("garbage after greeting", None, b"220 mx.test ESMTP test\r\n",
+              ("--greeting", "220 mx.test ESMTP test|hello there")))
+    for name, app, before, smtpd_opts in cases:
+        bed = Bed(flavour, app=app, smtpd_opts=smtpd_opts or ())
+        try:
+            c = Client(bed.port)
+            t0 = time.time()
+            got = c.rest()
+            want = b"421 4.3.0 Mail server %s, closing connection\r\n" % (
+                b"error" if smtpd_opts else b"unavailable")
+            check(got == before + want, (name, got))
+            check(time.time() - t0 < 3, "%s: slow" % name)
+            c.close()
+            check(bed.wait_exit() is not None, "%s: the smtpd never exited" % name)
+            check(not bed.leftovers(), "%s: leftovers" % name)
+            err = bed.stderr_text().splitlines()
+            why = ("fatal: the smtpd sent a line that is not an SMTP reply" if smtpd_opts
+                   else "warning: the smtpd closed with replies still owed")
+            check(err == ["smtpd-starttls-proxy-io: " + why], (name, err))
+        finally:
+            bed.close()
+
+
 @test(relays=True)
 def curl_plain(flavour, ropts):
     if not shutil.which("curl"):
