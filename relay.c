@@ -108,17 +108,19 @@ static int moveflow(struct flow *f, short rev, short wev)
   int moved = 0;
 #ifdef RELAY_SPLICE
   /* With nothing buffered, the kernel moves the bytes itself: make bench
-   * measured over three times the throughput of read and write, for a
-   * fraction of the CPU. Leftovers from the engine go first, by write. */
+   * measured 1.7 times the throughput of read and write for 40% of the
+   * CPU. Leftovers from the engine go first, by write. */
   if (f->splice && !f->dead && f->len == 0 && (rev || (f->full && wev))) {
     r = splice(f->from, NULL, f->to, NULL, RELAY_BUFSIZE, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (r > 0) { f->full = 0; return 1; }
     if (!r) { f->eof = 1; return 0; }
-    if (errno == EAGAIN) { f->full = rev != 0; return 0; } /* readable, so the pipe is full */
     if (errno == EINTR) return 0;
-    /* nothing moved; read and write tell which side failed, or the fds
-     * do not splice: either way this flow copies from now on */
+    if (errno == EAGAIN && rev) { f->full = 1; return 0; } /* readable, so the destination is full */
+    /* nothing moved: a side failed, and read and write will tell which;
+     * or the fds do not splice; or, after EAGAIN with both ends ready,
+     * splice would only spin. Either way this flow copies from now on. */
     f->splice = f->full = 0;
+    if (!rev) return 0;
   }
 #endif
   if (rev) {
