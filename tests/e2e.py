@@ -365,6 +365,7 @@ def bad_environment(_, __):
         for value, words in (("abc", "is not a decimal descriptor number"),
                              ("-1", "is not a decimal descriptor number"),
                              ("99999", "does not name an open descriptor"),
+                             ("42", "does not name an open descriptor"),
                              ("", "is empty"), (None, "is not set")):
             env = dict(ok)
             if value is None:
