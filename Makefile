@@ -10,7 +10,7 @@ MANDIR = $(PREFIX)/share/man
 PYTHON = python3
 
 OBJS = proxy.o smtp.o ucspitls.o relay.o io.o
-TESTS = tests/test_smtp tests/test_ucspitls
+TESTS = tests/test_smtp tests/test_ucspitls tests/test_relay tests/test_relay_copy
 
 all: $(PROG)
 
@@ -31,6 +31,13 @@ tests/test_smtp: tests/test_smtp.c tests/check.h smtp.o
 
 tests/test_ucspitls: tests/test_ucspitls.c tests/check.h ucspitls.o io.o
 	$(CC) $(CFLAGS) $(CPPFLAGS) -I. -o $@ tests/test_ucspitls.c ucspitls.o io.o
+
+tests/test_relay: tests/test_relay.c tests/check.h relay.o io.o
+	$(CC) $(CFLAGS) $(CPPFLAGS) -I. -o $@ tests/test_relay.c relay.o io.o
+
+# the same tests on the portable read/write path that Linux builds skip
+tests/test_relay_copy: tests/test_relay.c tests/check.h relay.c relay.h io.o
+	$(CC) $(CFLAGS) $(CPPFLAGS) -DRELAY_NO_SPLICE -I. -o $@ tests/test_relay.c relay.c io.o
 
 check: $(PROG) $(TESTS)
 	$(PYTHON) tests/run.py

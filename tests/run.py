@@ -79,6 +79,8 @@ def main():
     if do_unit:
         unit("test_smtp", selected)
         unit("test_ucspitls", selected)
+        unit("test_relay", selected)
+        unit("test_relay_copy", selected)
     certificate()
     for name, fn, args in e2e.TESTS:
         if not do_e2e or not selected(name):
