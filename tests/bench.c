@@ -38,10 +38,16 @@ struct contender {
   long size;                       /* bytes of the program file, -1 if unknown */
   double wall[NSCEN][MAXRUNS];     /* seconds for the whole batch */
   double cpu[NSCEN][MAXRUNS];      /* user+sys seconds of the session's processes */
-  long rss[NSCEN][MAXRUNS];        /* KiB, the proxy's peak in the batch's last session */
+  double rss[NSCEN][MAXRUNS];      /* KiB, the proxy's peak in the batch's last session */
 };
 
 static struct contender cont[MAXC];
+
+/* The medians of a contender's runs in one scenario, computed once. */
+struct medians {
+  double wall, cpu, rss; /* whole batch: seconds, seconds; KiB */
+};
+static struct medians med[NSCEN][MAXC];
 static int ncont;
 static long nsessions = 1000, nruns = 5, bulkmib = 1024;
 static const char *sink;
@@ -273,7 +279,7 @@ static void batch(struct contender *k, int scen, int run)
   }
   k->wall[scen][run] = now() - t0;
   k->cpu[scen][run] = children_cpu() - c0;
-  k->rss[scen][run] = maxrss;
+  k->rss[scen][run] = (double)maxrss;
 }
 
 static int cmpd(const void *a, const void *b)
@@ -288,14 +294,6 @@ static double median(const double *v, int n)
   memcpy(s, v, (size_t)n * sizeof *s);
   qsort(s, (size_t)n, sizeof *s, cmpd);
   return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
-static double mediand_l(const long *v, int n)
-{
-  double d[MAXRUNS];
-  int i;
-  for (i = 0; i < n; i++) d[i] = (double)v[i];
-  return median(d, n);
 }
 
 static void figure(const char *scen, const char *who, const char *what, double v, const char *unit)
@@ -325,7 +323,7 @@ static void contender(char *spec)
 int main(int argc, char **argv)
 {
   int opt, run, s, i, rp[2];
-  struct contender *floor_ = NULL, *other = NULL;
+  int f = -1, o = -1; /* the floor's and the other program's index, if any */
 
   while ((opt = getopt(argc, argv, "n:r:m:")) != -1) {
     switch (opt) {
@@ -339,8 +337,8 @@ int main(int argc, char **argv)
   sink = argv[optind++];
   for (; optind < argc; optind++) contender(argv[optind]);
   for (i = 0; i < ncont; i++)
-    if (cont[i].floor) floor_ = &cont[i];
-    else if (!strcmp(cont[i].name, "other")) other = &cont[i];
+    if (cont[i].floor) f = i;
+    else if (!strcmp(cont[i].name, "other")) o = i;
 
   for (i = 0; i < (int)sizeof chunk; i += 1024) {
     memset(chunk + i, 'x', 1022);
@@ -360,60 +358,60 @@ int main(int argc, char **argv)
       for (i = 0; i < ncont; i++) batch(&cont[i], s, run);
   }
 
+  for (s = 0; s < NSCEN; s++)
+    for (i = 0; i < ncont; i++) {
+      med[s][i].wall = median(cont[i].wall[s], (int)nruns);
+      med[s][i].cpu = median(cont[i].cpu[s], (int)nruns);
+      med[s][i].rss = median(cont[i].rss[s], (int)nruns);
+    }
+
   printf("%ld sessions per batch, bulk %ld MiB, median of %ld interleaved runs\n\n",
          nsessions, bulkmib, nruns);
   printf("%-10s %-16s %12s %12s %12s %12s %10s\n", "scenario", "contender",
          "sessions/s", "wall us", "cpu us", "added cpu us", "rss KiB");
   for (s = 0; s < NSCEN; s++) {
-    double fcpu = floor_ ? median(floor_->cpu[s], (int)nruns) : 0;
-    long n = s == 2 ? 1 : nsessions;
+    double fcpu = f >= 0 ? med[s][f].cpu : 0, n = s == 2 ? 1 : (double)nsessions;
     for (i = 0; i < ncont; i++) {
-      struct contender *k = &cont[i];
-      double wall = median(k->wall[s], (int)nruns), cpu = median(k->cpu[s], (int)nruns);
+      const struct medians *m = &med[s][i];
       char rss[24] = "-";
-      if (!k->floor) snprintf(rss, sizeof rss, "%.0f", mediand_l(k->rss[s], (int)nruns));
+      if (!cont[i].floor) snprintf(rss, sizeof rss, "%.0f", m->rss);
       if (s == 2)
-        printf("%-10s %-16s %9.0f MiB/s %9.0f ms %9.0f ms %9.0f ms %10s\n", scenname[s], k->name,
-               (double)bulkmib / wall, wall * 1e3, cpu * 1e3, (cpu - fcpu) * 1e3, rss);
+        printf("%-10s %-16s %9.0f MiB/s %9.0f ms %9.0f ms %9.0f ms %10s\n", scenname[s], cont[i].name,
+               (double)bulkmib / m->wall, m->wall * 1e3, m->cpu * 1e3, (m->cpu - fcpu) * 1e3, rss);
       else
-        printf("%-10s %-16s %12.0f %12.0f %12.0f %12.0f %10s\n", scenname[s], k->name,
-               (double)n / wall, wall / (double)n * 1e6, cpu / (double)n * 1e6,
-               (cpu - fcpu) / (double)n * 1e6, rss);
+        printf("%-10s %-16s %12.0f %12.0f %12.0f %12.0f %10s\n", scenname[s], cont[i].name,
+               n / m->wall, m->wall / n * 1e6, m->cpu / n * 1e6, (m->cpu - fcpu) / n * 1e6, rss);
     }
   }
   printf("\n");
-  if (floor_ && other)
-    for (s = 0; s < 2; s++) {
-      double fcpu = median(floor_->cpu[s], (int)nruns), ocpu = median(other->cpu[s], (int)nruns) - fcpu;
+  if (f >= 0 && o >= 0)
+    for (s = 0; s < 2; s++)
       for (i = 0; i < ncont; i++)
-        if (&cont[i] != other && !cont[i].floor)
+        if (i != o && i != f)
           printf("%s: %s adds %.0f%% of the CPU that %s adds\n", scenname[s], cont[i].name,
-                 100 * (median(cont[i].cpu[s], (int)nruns) - fcpu) / ocpu, other->name);
-    }
+                 100 * (med[s][i].cpu - med[s][f].cpu) / (med[s][o].cpu - med[s][f].cpu), cont[o].name);
   for (i = 0; i < ncont; i++)
     if (cont[i].size >= 0 && (!i || strcmp(cont[i].argv[0], cont[i - 1].argv[0])))
       printf("size of %s: %ld bytes\n", cont[i].argv[0], cont[i].size);
   printf("\n");
   for (s = 0; s < NSCEN; s++) {
-    double fcpu = floor_ ? median(floor_->cpu[s], (int)nruns) : 0;
-    double fwall = floor_ ? median(floor_->wall[s], (int)nruns) : 0;
-    long n = s == 2 ? 1 : nsessions;
+    double n = s == 2 ? 1 : (double)nsessions;
     for (i = 0; i < ncont; i++) {
-      struct contender *k = &cont[i];
-      double wall = median(k->wall[s], (int)nruns), cpu = median(k->cpu[s], (int)nruns);
+      const struct medians *m = &med[s][i];
+      const char *who = cont[i].name;
       if (s == 2) {
-        figure(scenname[s], k->name, "throughput", (double)bulkmib / wall, "MiB/s");
-        if (floor_ && !k->floor) figure(scenname[s], k->name, "of_floor", 100 * fwall / wall, "%");
+        figure(scenname[s], who, "throughput", (double)bulkmib / m->wall, "MiB/s");
+        if (f >= 0 && i != f) figure(scenname[s], who, "of_floor", 100 * med[s][f].wall / m->wall, "%");
       } else {
-        figure(scenname[s], k->name, "rate", (double)n / wall, "sessions/s");
-        figure(scenname[s], k->name, "cpu", cpu / (double)n * 1e6, "us/session");
-        if (floor_ && !k->floor)
-          figure(scenname[s], k->name, "added_cpu", (cpu - fcpu) / (double)n * 1e6, "us/session");
-        if (floor_ && other && k != other && !k->floor)
-          figure(scenname[s], k->name, "added_cpu_of_other",
-                 100 * (cpu - fcpu) / (median(other->cpu[s], (int)nruns) - fcpu), "%");
+        figure(scenname[s], who, "rate", n / m->wall, "sessions/s");
+        figure(scenname[s], who, "cpu", m->cpu / n * 1e6, "us/session");
+        if (f >= 0 && i != f)
+          figure(scenname[s], who, "added_cpu", (m->cpu - med[s][f].cpu) / n * 1e6, "us/session");
+        if (f >= 0 && o >= 0 && i != o && i != f)
+          figure(scenname[s], who, "added_cpu_of_other",
+                 100 * (m->cpu - med[s][f].cpu) / (med[s][o].cpu - med[s][f].cpu), "%");
       }
-      if (!k->floor) figure(scenname[s], k->name, "peak_rss", mediand_l(k->rss[s], (int)nruns), "KiB");
+      if (i != f) figure(scenname[s], who, "peak_rss", m->rss, "KiB");
     }
   }
   for (i = 0; i < ncont; i++)

@@ -7,6 +7,13 @@
 set -eu
 w=tests/work/bench
 mkdir -p "$w"
+# build OUT CC [FLAGS...]: the program, stripped, into $w/OUT
+build() {
+  out=$1 cc=$2
+  shift 2
+  $cc -O2 -std=c99 -D_POSIX_C_SOURCE=200809L "$@" -o "$w/$out" proxy.c smtp.c ucspitls.c relay.c io.c
+  strip "$w/$out"
+}
 cp smtpd-starttls-proxy-io "$w/proxy"
 strip "$w/proxy"
 set -- floor=floor
@@ -17,14 +24,10 @@ else
 fi
 set -- "$@" builtin="$w/proxy,-B"
 # the relay's portable path, as on systems without splice(2)
-${CC:-cc} -O2 -std=c99 -D_POSIX_C_SOURCE=200809L -DRELAY_NO_SPLICE -o "$w/proxy-copy" \
-  proxy.c smtp.c ucspitls.c relay.c io.c
-strip "$w/proxy-copy"
+build proxy-copy "${CC:-cc}" -DRELAY_NO_SPLICE
 set -- "$@" builtin-copy="$w/proxy-copy,-B"
 if command -v musl-gcc >/dev/null; then
-  musl-gcc -static -O2 -std=c99 -D_POSIX_C_SOURCE=200809L -o "$w/proxy-static" \
-    proxy.c smtp.c ucspitls.c relay.c io.c
-  strip "$w/proxy-static"
+  build proxy-static musl-gcc -static
   set -- "$@" builtin-static="$w/proxy-static,-B"
 else
   echo "bench: musl-gcc not found: no static contender" >&2
