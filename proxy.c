@@ -192,9 +192,10 @@ static void move_to(int from, int to)
   if (dup2(from, to) < 0) fatal(111, "unable to move the TLS descriptors: %s", strerror(errno));
 }
 
-static void handshake(void)
+static void handshake(int sr)
 {
   struct ucspitls_block b;
+  size_t dropped = 0;
   int r, w;
   enum ucspitls_result res = ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), &b);
   if (res == UCSPITLS_TOOBIG) fatal(1, "the UCSPI-TLS information block is over %lu bytes", UCSPITLS_BLOCKMAX);
@@ -214,7 +215,15 @@ static void handshake(void)
   close(w);
   closeabove2(readfd);
   if (writefd != readfd) closeabove2(writefd);
-  smtp_tls_started(&engine);
+  /* RFC 3207 4.2: nothing from before TLS counts, in either direction */
+  for (;;) {
+    char junk[512];
+    ssize_t n = read(sr, junk, sizeof junk);
+    if (n <= 0) break; /* EAGAIN: the pipe is empty; an EOF is read again later */
+    dropped += (size_t)n;
+  }
+  dropped += smtp_tls_started(&engine);
+  if (dropped) info("discarded %lu bytes the smtpd sent before the TLS handshake", (unsigned long)dropped);
 }
 
 static void relay(int sr, int sw)
@@ -256,7 +265,7 @@ static void session(int sr, int sw)
     cout = smtp_client_output(&engine, &out);
     if (st == SMTP_CLOSE) finish();
     if (st == SMTP_RELAY) relay(sr, sw);
-    if (st == SMTP_STARTTLS && !cout) { handshake(); deadline = io_deadline(timeout); continue; }
+    if (st == SMTP_STARTTLS && !cout) { handshake(sr); deadline = io_deadline(timeout); continue; }
     if (swopen && smtp_server_done(&engine)) { close(sw); swopen = 0; smtpd_w = -1; }
     croom = smtp_client_room(&engine, &cin);
     sroom = smtp_server_room(&engine, &sin);
@@ -285,12 +294,23 @@ static void session(int sr, int sw)
       if (w > 0) { smtp_server_sent(&engine, (size_t)w); moved = 1; }
       else if (w < 0 && !again()) smtp_server_sent(&engine, soutn); /* gone: its EOF follows */
     }
-    if (p[0].revents && smtp_client_room(&engine, &cin)) {
+    /* the room is asked again right before each read: writing may have
+     * changed it, and content is read straight into the smtpd's buffer */
+    if (p[0].revents && (croom = smtp_client_room(&engine, &cin)) > 0) {
       ssize_t n = read(0, cin, croom);
-      if (n > 0) { smtp_client_input(&engine, (size_t)n); moved = 1; }
+      if (n > 0) {
+        smtp_client_input(&engine, (size_t)n);
+        moved = 1;
+        /* the pipe is ours and non-blocking: pass the bytes on at once, so
+         * that the smtpd starts on them one poll sooner (message content) */
+        if (swopen && (soutn = smtp_server_output(&engine, &sout)) > 0) {
+          ssize_t w = write(sw, sout, soutn);
+          if (w > 0) smtp_server_sent(&engine, (size_t)w);
+        }
+      }
       else if (!n || !again()) smtp_client_eof(&engine);
     }
-    if (p[2].revents && smtp_server_room(&engine, &sin)) {
+    if (p[2].revents && (sroom = smtp_server_room(&engine, &sin)) > 0) {
       ssize_t n = read(sr, sin, sroom);
       if (n > 0) { smtp_server_input(&engine, (size_t)n); moved = 1; }
       else if (!n || !again()) smtp_server_eof(&engine);

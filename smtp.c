@@ -1,18 +1,18 @@
-/* smtp.c: the SMTP engine. It frames the client's command lines and the
- * smtpd's replies, decides what to forward, what to answer itself and when
- * the session leaves the proxy's hands, and keeps every reply in command
- * order (RFC 2920). No I/O happens here. */
+/* smtp.c: the SMTP engine. It frames the client's command lines and message
+ * content and the smtpd's replies, decides what to forward, what to answer
+ * itself and when the session leaves the proxy's hands, and keeps every
+ * reply in command order (RFC 2920), one per command. No I/O happens here. */
 #include <string.h>
 #include "smtp.h"
 
 /* What a queue entry owes the client. Values from Q_LOCAL on are local
  * replies, indexed into replies[]. */
-enum { Q_FWD, Q_EHLO, Q_STARTTLS, Q_LOCAL };
+enum { Q_FWD, Q_EHLO, Q_STARTTLS, Q_DATA, Q_LOCAL };
 
 enum reply {
-  R_TLSFIRST, R_BADSEQ, R_UNKNOWN, R_STARTTLSARGS, R_PIPELINED, R_TLSREADY,
-  R_TLSUNAVAIL, R_TOOLONG, R_BADLINE, R_EMPTY, R_EHLOFIRST, R_ERRORS,
-  R_GONE, R_BROKEN, R_TIMEOUT
+  R_TLSFIRST, R_BADSEQ, R_UNKNOWN, R_STARTTLSARGS, R_PIPELINED, R_AFTERSTARTTLS,
+  R_DECLINED, R_BDATARGS, R_TLSREADY, R_TLSUNAVAIL, R_TOOLONG, R_BADLINE, R_EMPTY,
+  R_EHLOFIRST, R_ERRORS, R_GONE, R_BROKEN, R_TIMEOUT
 };
 
 static const char *const replies[] = {
@@ -20,7 +20,10 @@ static const char *const replies[] = {
   "503 5.5.1 Bad sequence of commands: MAIL first\r\n",
   "500 5.5.1 Command unrecognized\r\n",
   "501 5.5.4 STARTTLS takes no parameters\r\n",
-  "503 5.5.1 STARTTLS must end a pipelined group: the bytes sent after it were discarded\r\n",
+  "503 5.5.1 STARTTLS must end a pipelined group: the commands sent after it are refused\r\n",
+  "503 5.5.1 Command sent after STARTTLS in the same group: refused\r\n",
+  "503 5.5.1 STARTTLS is not available after HELO, MAIL or AUTH\r\n",
+  "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n",
   "220 2.0.0 Ready to start TLS\r\n",
   "454 4.7.0 TLS not available due to temporary reason\r\n",
   "500 5.5.2 Line too long\r\n",
@@ -38,9 +41,14 @@ static unsigned qkind(const struct smtp *e, unsigned i)
   return e->q[(e->qhead + i) % SMTP_QMAX];
 }
 
+static void qset(struct smtp *e, unsigned i, unsigned kind)
+{
+  e->q[(e->qhead + i) % SMTP_QMAX] = (unsigned char)kind;
+}
+
 static void qpush(struct smtp *e, unsigned kind)
 {
-  e->q[(e->qhead + e->qlen) % SMTP_QMAX] = (unsigned char)kind;
+  qset(e, e->qlen, kind);
   e->qlen++;
   if (kind != Q_FWD) e->qspecial++;
 }
@@ -52,20 +60,39 @@ static void qpop(struct smtp *e)
   e->qlen--;
 }
 
-/* Appends committed bytes for the client; callers have checked the room. */
-static void emit(struct smtp *e, const char *s, size_t n)
+/* Replies are committed (given to the caller) only once their last line is
+ * in: a reply cut short by the smtpd's end never reaches the client half
+ * done. Local replies are whole, so they commit at once, but leave
+ * SMTP_RESERVE free for the 421 that may end the session. */
+static void append(struct smtp *e, const char *s, size_t n)
 {
   memcpy(e->cout + e->coutlen, s, n);
   e->coutlen += n;
-  e->coutcommit = e->coutlen;
 }
 
 static int emitreply(struct smtp *e, enum reply r)
 {
   size_t n = strlen(replies[r]);
-  if (SMTP_COUTSIZE - e->coutlen < n) return 0;
-  emit(e, replies[r], n);
+  if (SMTP_COUTSIZE - e->coutlen < n + SMTP_RESERVE) return 0;
+  append(e, replies[r], n);
+  e->coutcommit = e->coutlen;
   return 1;
+}
+
+/* Ends the proxy's part: only what is committed still goes to the client,
+ * then the final reply r if given, in the reserve. */
+static void closeup(struct smtp *e, enum smtp_why why, int code, int r)
+{
+  e->coutlen = e->coutcommit;
+  e->hasheld = 0;
+  e->inreply = 0;
+  e->phase = SMTP_P_CLOSE;
+  e->why = why;
+  e->exitcode = code;
+  if (r >= 0 && SMTP_COUTSIZE - e->coutlen >= strlen(replies[r])) {
+    append(e, replies[r], strlen(replies[r]));
+    e->coutcommit = e->coutlen;
+  }
 }
 
 static void forward(struct smtp *e, const char *s, size_t n, unsigned kind)
@@ -73,16 +100,6 @@ static void forward(struct smtp *e, const char *s, size_t n, unsigned kind)
   memcpy(e->sout + e->soutlen, s, n);
   e->soutlen += n;
   qpush(e, kind);
-}
-
-/* Ends the proxy's part: only what is committed still goes to the client. */
-static void closeup(struct smtp *e, enum smtp_why why, int code)
-{
-  e->coutlen = e->coutcommit;
-  e->hasheld = 0;
-  e->phase = SMTP_P_CLOSE;
-  e->why = why;
-  e->exitcode = code;
 }
 
 void smtp_init(struct smtp *e, unsigned flags)
@@ -107,7 +124,7 @@ static int wordis(const char *s, size_t n, const char *w)
   return w[i] == 0;
 }
 
-/* --- client commands, before the decision --- */
+/* --- client commands --- */
 
 struct cmd {
   const char *line;   /* the whole line, CRLF included */
@@ -118,11 +135,14 @@ struct cmd {
 };
 
 static int gated(const struct smtp *e) { return e->phase == SMTP_P_GATE; }
+static int clear(const struct smtp *e) { return e->phase == SMTP_P_CLEAR; }
 static int requiretls(const struct smtp *e) { return (e->flags & SMTP_REQUIRETLS) != 0; }
 static int plainauth(const struct smtp *e)
 {
   return (e->flags & SMTP_PLAINAUTH) && !(e->flags & SMTP_REQUIRETLS);
 }
+/* before TLS, a command that -r forbids */
+static int forbidden(const struct smtp *e) { return e->phase == SMTP_P_PLAIN && requiretls(e); }
 
 static void local(struct smtp *e, enum reply r) { qpush(e, Q_LOCAL + r); }
 
@@ -130,6 +150,15 @@ static void local(struct smtp *e, enum reply r) { qpush(e, Q_LOCAL + r); }
  * raw, and once the replies the engine must still edit or order are out,
  * the relay takes over. */
 static void decide(struct smtp *e) { e->phase = SMTP_P_DRAIN; }
+
+/* HELO, MAIL or AUTH before STARTTLS: no TLS in this session. The engine
+ * stays to keep AUTH away and content apart, unless -a let AUTH through. */
+static void decline(struct smtp *e)
+{
+  e->declined = 1;
+  if (plainauth(e)) decide(e);
+  else e->phase = SMTP_P_CLEAR;
+}
 
 static void c_ehlo(struct smtp *e, const struct cmd *c)
 {
@@ -140,33 +169,41 @@ static void c_ehlo(struct smtp *e, const struct cmd *c)
 static void c_helo(struct smtp *e, const struct cmd *c)
 {
   forward(e, c->line, c->len, Q_FWD);
-  if (gated(e) || !requiretls(e)) decide(e);
+  e->nkeys = 0;
+  e->chunking = 0; /* no extensions in a HELO session */
+  if (gated(e)) decide(e);
+  else if (e->phase == SMTP_P_PLAIN && !requiretls(e)) decline(e);
 }
 
 static void c_mail(struct smtp *e, const struct cmd *c)
 {
   if (gated(e)) local(e, R_EHLOFIRST);
-  else if (requiretls(e)) local(e, R_TLSFIRST);
-  else { forward(e, c->line, c->len, Q_FWD); decide(e); }
+  else if (forbidden(e)) local(e, R_TLSFIRST);
+  else {
+    forward(e, c->line, c->len, Q_FWD);
+    if (e->phase == SMTP_P_PLAIN) decline(e);
+  }
 }
 
 static void c_auth(struct smtp *e, const struct cmd *c)
 {
   if (gated(e)) local(e, R_EHLOFIRST);
-  else if (!plainauth(e)) local(e, R_TLSFIRST);
-  else { forward(e, c->line, c->len, Q_FWD); decide(e); }
+  else if (clear(e) || !plainauth(e)) local(e, R_TLSFIRST);
+  else { forward(e, c->line, c->len, Q_FWD); decline(e); }
 }
 
 static void c_starttls(struct smtp *e, const struct cmd *c)
 {
   size_t i;
   if (gated(e)) { local(e, R_EHLOFIRST); return; }
+  if (clear(e)) { local(e, R_DECLINED); return; }
   for (i = 0; i < c->arglen; i++)
     if (c->arg[i] != ' ') { local(e, R_STARTTLSARGS); return; }
   if (!c->last) {
-    /* CVE-2011-0411: plaintext pipelined after STARTTLS must never run */
+    /* CVE-2011-0411: plaintext pipelined after STARTTLS must never run;
+     * parse_client refuses each command after this one */
     local(e, R_PIPELINED);
-    e->tainted = 1;
+    e->poison = e->cinlen;
     return;
   }
   forward(e, "RSET\r\n", 6, Q_STARTTLS);
@@ -178,19 +215,55 @@ static void c_pass(struct smtp *e, const struct cmd *c)
   forward(e, c->line, c->len, Q_FWD);
 }
 
+static void c_quit(struct smtp *e, const struct cmd *c)
+{
+  forward(e, c->line, c->len, Q_FWD);
+  e->quit = 1;
+}
+
 static void c_query(struct smtp *e, const struct cmd *c)
 {
   if (gated(e)) local(e, R_EHLOFIRST);
-  else if (requiretls(e)) local(e, R_TLSFIRST);
+  else if (forbidden(e)) local(e, R_TLSFIRST);
   else forward(e, c->line, c->len, Q_FWD);
 }
 
-static void c_sequence(struct smtp *e, const struct cmd *c)
+/* RCPT, DATA, BDAT: only once MAIL has declined TLS */
+static int transaction(struct smtp *e)
 {
-  (void)c;
   if (gated(e)) local(e, R_EHLOFIRST);
-  else if (requiretls(e)) local(e, R_TLSFIRST);
-  else local(e, R_BADSEQ);
+  else if (forbidden(e)) local(e, R_TLSFIRST);
+  else if (!clear(e)) local(e, R_BADSEQ);
+  else return 1;
+  return 0;
+}
+
+static void c_rcpt(struct smtp *e, const struct cmd *c)
+{
+  if (transaction(e)) forward(e, c->line, c->len, Q_FWD);
+}
+
+static void c_data(struct smtp *e, const struct cmd *c)
+{
+  if (!transaction(e)) return;
+  forward(e, c->line, c->len, Q_DATA);
+  e->datawait = 1;
+}
+
+/* The chunk itself is framed by command(), whoever answers. */
+static void c_bdat(struct smtp *e, const struct cmd *c)
+{
+  if (!transaction(e)) return;
+  if (e->chunking) forward(e, c->line, c->len, Q_FWD);
+  else local(e, R_UNKNOWN); /* an smtpd that never offered it would run the chunk */
+}
+
+/* a verb the smtpd offered in its last EHLO reply (ETRN, XCLIENT, ...) */
+static void c_extension(struct smtp *e, const struct cmd *c)
+{
+  if (gated(e)) local(e, R_EHLOFIRST);
+  else if (forbidden(e)) local(e, R_TLSFIRST);
+  else forward(e, c->line, c->len, Q_FWD);
 }
 
 static const struct {
@@ -199,25 +272,73 @@ static const struct {
 } commands[] = {
   { "ehlo", c_ehlo }, { "helo", c_helo }, { "mail", c_mail },
   { "auth", c_auth }, { "starttls", c_starttls }, { "rset", c_pass },
-  { "noop", c_pass }, { "help", c_pass }, { "quit", c_pass },
-  { "vrfy", c_query }, { "expn", c_query }, { "rcpt", c_sequence },
-  { "data", c_sequence }, { "bdat", c_sequence }
+  { "noop", c_pass }, { "help", c_pass }, { "quit", c_quit },
+  { "vrfy", c_query }, { "expn", c_query }, { "rcpt", c_rcpt },
+  { "data", c_data }, { "bdat", c_bdat }
 };
 
-static void command(struct smtp *e, const char *line, size_t len, int last)
+static int known(const char *s, size_t n)
+{
+  size_t i;
+  for (i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (wordis(s, n, commands[i].verb)) return (int)i;
+  return -1;
+}
+
+static int offered(const struct smtp *e, const char *s, size_t n)
+{
+  unsigned i;
+  for (i = 0; i < e->nkeys; i++)
+    if (e->keylen[i] == n && !memcmp(e->keys[i], s, n)) return 1;
+  return 0;
+}
+
+/* BDAT's chunk-size [SP LAST]; 0 if that is not what arg holds. */
+static int chunksize(const char *arg, size_t n, unsigned long long *size)
+{
+  size_t i = 0;
+  unsigned long long v = 0;
+  while (i < n && arg[i] >= '0' && arg[i] <= '9') {
+    if (v > (~0ULL - 9) / 10) return 0;
+    v = v * 10 + (unsigned)(arg[i++] - '0');
+  }
+  if (!i) return 0;
+  while (i < n && arg[i] == ' ') i++;
+  if (i < n && !wordis(arg + i, n - i, "last")) return 0;
+  *size = v;
+  return 1;
+}
+
+static int lastlocal(const struct smtp *e)
+{
+  return qkind(e, e->qlen - 1) >= Q_LOCAL;
+}
+
+static void command(struct smtp *e, const char *line, size_t len, int last, int poisoned)
 {
   struct cmd c;
-  size_t n = len - 2, v, i;
+  size_t n = len - 2, v;
+  unsigned long long chunk = 0;
+  int k;
   c.line = line;
   c.len = len;
   c.last = last;
   for (v = 0; v < n && line[v] != ' '; v++) ;
   c.arg = line + (v < n ? v + 1 : v);
   c.arglen = v < n ? n - v - 1 : 0;
-  if (!n) { local(e, R_EMPTY); return; }
-  for (i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    if (wordis(line, v, commands[i].verb)) { commands[i].run(e, &c); return; }
-  local(e, R_UNKNOWN);
+  k = known(line, v);
+  if (!n) local(e, poisoned ? R_AFTERSTARTTLS : R_EMPTY);
+  else if (k >= 0 && commands[k].run == c_bdat && !chunksize(c.arg, c.arglen, &chunk))
+    local(e, R_BDATARGS); /* no size, no framing: what follows stays commands */
+  else if (poisoned) local(e, R_AFTERSTARTTLS);
+  else if (k >= 0) commands[k].run(e, &c);
+  else if (offered(e, line, v)) c_extension(e, &c);
+  else local(e, R_UNKNOWN);
+  if (chunk) {
+    /* RFC 3030 2: the chunk follows, whether or not the BDAT is refused */
+    e->content = lastlocal(e) ? SMTP_C_SKIP : SMTP_C_BDAT;
+    e->chunk = chunk;
+  }
 }
 
 static void badline(struct smtp *e, enum reply r)
@@ -237,18 +358,96 @@ static int wellformed(const char *line, size_t len)
 
 static int parsing(const struct smtp *e)
 {
-  return (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE)
+  return (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE || e->phase == SMTP_P_CLEAR)
     && e->errors < SMTP_MAXERRORS;
+}
+
+/* --- message content --- */
+
+/* Where the DATA scanner is: inside a line (after a CR or not), at a line's
+ * start, after a line-starting dot, after that dot's CR. */
+enum { D_MID, D_CR, D_BOL, D_DOT, D_DOTCR };
+
+static void content_ends(struct smtp *e)
+{
+  e->content = SMTP_C_NONE;
+  qpush(e, Q_FWD); /* the reply to the final dot */
+}
+
+/* How many of the n bytes at s are content, up to and including the
+ * CRLF.CRLF that ends it. Whole lines are skipped with memchr: the cost per
+ * byte is memchr's. */
+static size_t scan_data(struct smtp *e, const char *s, size_t n)
+{
+  size_t i = 0;
+  int st = e->dstate;
+  while (i < n) {
+    if (st == D_MID) {
+      const char *cr = memchr(s + i, '\r', n - i);
+      if (!cr) { i = n; break; }
+      i = (size_t)(cr - s) + 1;
+      st = D_CR;
+      continue;
+    }
+    switch (s[i++]) {
+    case '\r': st = st == D_DOT ? D_DOTCR : D_CR; break;
+    case '\n':
+      if (st == D_DOTCR) { e->dstate = D_BOL; content_ends(e); return i; }
+      st = st == D_CR ? D_BOL : D_MID;
+      break;
+    case '.': st = st == D_BOL ? D_DOT : D_MID; break;
+    default: st = D_MID;
+    }
+  }
+  e->dstate = st;
+  return i;
+}
+
+static size_t take_chunk(struct smtp *e, size_t n)
+{
+  if (n >= e->chunk) {
+    n = (size_t)e->chunk;
+    e->chunk = 0;
+    e->content = SMTP_C_NONE; /* BDAT's own reply was queued with the command */
+  } else e->chunk -= n;
+  return n;
+}
+
+/* Content that is in sout already: how much of it counts, per the mode. */
+static size_t frame(struct smtp *e, const char *s, size_t n)
+{
+  return e->content == SMTP_C_DATA ? scan_data(e, s, n) : take_chunk(e, n);
+}
+
+/* Content from cin: moved to sout, or dropped for a refused chunk. */
+static size_t content(struct smtp *e, const char *s, size_t n)
+{
+  size_t room = SMTP_SOUTSIZE - e->soutlen;
+  if (e->content == SMTP_C_SKIP) return take_chunk(e, n);
+  if (n > room) n = room;
+  n = frame(e, s, n);
+  memcpy(e->sout + e->soutlen, s, n);
+  e->soutlen += n;
+  return n;
 }
 
 static int parse_client(struct smtp *e)
 {
   size_t off = 0;
-  while (parsing(e) && e->qlen < SMTP_QMAX - 1 && off < e->cinlen) {
+  while (parsing(e) && off < e->cinlen) {
     const char *s = e->cin + off;
-    size_t left = e->cinlen - off;
-    const char *lf = memchr(s, '\n', left);
-    size_t len;
+    size_t left = e->cinlen - off, len, limit;
+    const char *lf;
+    int poisoned = off < e->poison;
+    if (e->content) {
+      size_t k = content(e, s, left);
+      if (!k) break;
+      off += k;
+      continue;
+    }
+    if (e->datawait || e->qlen >= SMTP_QMAX - 1) break;
+    lf = memchr(s, '\n', left);
+    limit = left >= 5 && wordis(s, 5, "auth ") ? SMTP_AUTHMAX : SMTP_CMDMAX;
     if (e->skipping) {
       if (!lf) { off = e->cinlen; break; }
       off += (size_t)(lf - s) + 1;
@@ -257,21 +456,22 @@ static int parse_client(struct smtp *e)
       continue;
     }
     if (!lf) {
-      if (left >= SMTP_CMDMAX) { e->skipping = 1; off = e->cinlen; }
+      if (poisoned) e->poison = e->cinlen; /* the rest of this line is poisoned too */
+      if (left >= limit) { e->skipping = 1; off = e->cinlen; }
       else if (e->cin_eof) off = e->cinlen; /* a partial line at EOF is no command */
       break;
     }
     len = (size_t)(lf - s) + 1;
-    if (len > SMTP_CMDMAX) badline(e, R_TOOLONG);
+    if (len > limit) badline(e, R_TOOLONG);
     else if (!wellformed(s, len)) badline(e, R_BADLINE);
     else if (SMTP_SOUTSIZE - e->soutlen < len + 6) break;
-    else command(e, s, len, off + len == e->cinlen);
+    else command(e, s, len, off + len == e->cinlen, poisoned);
     off += len;
-    if (e->tainted) { off = e->cinlen; e->tainted = 0; }
   }
   if (!off) return 0;
   memmove(e->cin, e->cin + off, e->cinlen - off);
   e->cinlen -= off;
+  e->poison = e->poison > off ? e->poison - off : 0;
   return 1;
 }
 
@@ -288,9 +488,21 @@ static void finalize_held(struct smtp *e, int last)
   } else e->cout[sep] = last ? ' ' : '-';
 }
 
+/* The smtpd's extension verbs that the table above does not know: the
+ * client may use them as the smtpd offered them. */
+static void keep_keyword(struct smtp *e, const char *s, size_t n)
+{
+  size_t i;
+  if (wordis(s, n, "chunking")) { e->chunking = 1; return; }
+  if (!n || n > SMTP_KEYLEN || e->nkeys == SMTP_KEYMAX || known(s, n) >= 0) return;
+  for (i = 0; i < n; i++) e->keys[e->nkeys][i] = (char)lower((unsigned char)s[i]);
+  e->keylen[e->nkeys++] = (unsigned char)n;
+}
+
 /* One line of a 2xx EHLO reply: the domain line stays first, AUTH goes
- * before TLS unless allowed, STARTTLS goes after TLS. The line kept last is
- * held back uncommitted until we know whether another follows it. */
+ * before TLS unless allowed, the smtpd's STARTTLS always goes (ours is
+ * added last when TLS is on offer). The line kept last is held back until
+ * we know whether another follows it. */
 static void rewrite_line(struct smtp *e, const char *line, size_t len, int first)
 {
   size_t n = len - 1;
@@ -299,16 +511,18 @@ static void rewrite_line(struct smtp *e, const char *line, size_t len, int first
   if (n && line[n - 1] == '\r') n--;
   text = line + 4;
   n = bare ? 0 : n - 4;
-  if (!first) {
+  if (first) {
+    e->nkeys = 0;
+    e->chunking = 0;
+  } else {
     size_t k;
     for (k = 0; k < n && text[k] != ' ' && text[k] != '='; k++) ;
-    if (wordis(text, k, "starttls")) {
-      if (e->tls) return;
-      e->sawstarttls = 1;
-    } else if (wordis(text, k, "auth") && !e->tls && !plainauth(e)) return;
+    if (wordis(text, k, "starttls")) return;
+    if (wordis(text, k, "auth") && !e->tls && !plainauth(e)) return;
+    keep_keyword(e, text, k);
   }
   finalize_held(e, 0);
-  e->held = e->coutcommit = e->coutlen; /* what came before is final now */
+  e->held = e->coutlen;
   e->hasheld = 1;
   e->heldbare = bare;
   memcpy(e->cout + e->coutlen, line, 3);
@@ -318,36 +532,42 @@ static void rewrite_line(struct smtp *e, const char *line, size_t len, int first
   e->coutlen += n + 6;
 }
 
-static void starttls_answered(struct smtp *e, int ok)
-{
-  e->phase = SMTP_P_PLAIN;
-  if (e->tainted) emitreply(e, R_PIPELINED);
-  else if (!ok || e->cin_eof) emitreply(e, R_TLSUNAVAIL);
-  else {
-    emitreply(e, R_TLSREADY);
-    e->phase = SMTP_P_HANDSHAKE;
-  }
-  e->tainted = 0;
-}
-
 static void end_reply(struct smtp *e)
 {
   int kind = e->rkind;
   e->inreply = 0;
   if (e->rewrite) {
-    if (!e->tls && !e->sawstarttls) {
+    if (!e->tls && !e->declined) {
       char line[3 + sizeof " STARTTLS\r\n"];
       finalize_held(e, 0);
       memcpy(line, e->rcode, 3);
       memcpy(line + 3, " STARTTLS\r\n", sizeof line - 3);
-      memcpy(e->cout + e->coutlen, line, sizeof line - 1);
-      e->coutlen += sizeof line - 1;
+      append(e, line, sizeof line - 1);
     } else finalize_held(e, 1);
-    e->coutcommit = e->coutlen;
   }
+  e->coutcommit = e->coutlen;
+  memcpy(e->lastcode, e->rcode, 3);
   if (kind < 0) return;
+  if (kind == Q_STARTTLS) {
+    if (!memcmp(e->rcode, "421", 3)) {
+      /* the smtpd is closing: that is the client's answer */
+      qpop(e);
+      closeup(e, SMTP_WHY_SERVER421, 0, -1);
+      return;
+    }
+    /* pump() sends the answer, and settles it then: bytes may still come */
+    qset(e, 0, Q_LOCAL + (e->rcode[0] == '2' ? R_TLSREADY : R_TLSUNAVAIL));
+    return;
+  }
+  if (kind == Q_DATA) {
+    e->datawait = 0;
+    if (!memcmp(e->rcode, "354", 3)) {
+      e->content = SMTP_C_DATA;
+      e->dstate = D_BOL;
+      e->chunk = 0;
+    }
+  }
   qpop(e);
-  if (kind == Q_STARTTLS) starttls_answered(e, e->rcode[0] == '2');
 }
 
 static int isdigit_(int c) { return c >= '0' && c <= '9'; }
@@ -367,14 +587,14 @@ static int reply_line(struct smtp *e, const char *line, size_t len)
   last = line[3] != '-';
   if (!e->inreply) {
     e->inreply = 1;
+    e->streamed = 0;
     e->rkind = e->qlen ? (int)qkind(e, 0) : -1;
     memcpy(e->rcode, line, 3);
     e->rewrite = e->rkind == Q_EHLO && line[0] == '2';
-    e->sawstarttls = 0;
     if (e->rewrite) rewrite_line(e, line, len, 1);
-    else if (e->rkind != Q_STARTTLS) emit(e, line, len);
+    else if (e->rkind != Q_STARTTLS || !memcmp(line, "421", 3)) append(e, line, len);
   } else if (e->rewrite) rewrite_line(e, line, len, 0);
-  else if (e->rkind != Q_STARTTLS) emit(e, line, len);
+  else if (e->rkind != Q_STARTTLS || !memcmp(e->rcode, "421", 3)) append(e, line, len);
   if (last) end_reply(e);
   return 1;
 }
@@ -382,7 +602,7 @@ static int reply_line(struct smtp *e, const char *line, size_t len)
 static int serving(const struct smtp *e)
 {
   return e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_TLSWAIT
-    || e->phase == SMTP_P_GATE || e->phase == SMTP_P_DRAIN;
+    || e->phase == SMTP_P_GATE || e->phase == SMTP_P_CLEAR || e->phase == SMTP_P_DRAIN;
 }
 
 static int parse_server(struct smtp *e)
@@ -396,19 +616,21 @@ static int parse_server(struct smtp *e)
     if (e->phase == SMTP_P_DRAIN && !e->qspecial) break;
     if (!e->inreply && e->qlen && qkind(e, 0) >= Q_LOCAL) break;
     if (!lf) {
-      if (left == SMTP_SINSIZE) {
-        emitreply(e, R_BROKEN);
-        closeup(e, SMTP_WHY_SERVERLONG, 1);
-      }
+      if (left == SMTP_SINSIZE) closeup(e, SMTP_WHY_SERVERLONG, 1, R_BROKEN);
       break;
     }
     len = (size_t)(lf - s) + 1;
-    if (SMTP_COUTSIZE - e->coutlen < len + 32) break;
+    /* room for the line, our STARTTLS line and the reserve */
+    if (SMTP_COUTSIZE - e->coutlen < len + 16 + SMTP_RESERVE) {
+      size_t upto = e->hasheld ? e->held : e->coutlen;
+      if (e->coutcommit || upto == 0) break;
+      /* a reply bigger than the buffer: its first lines go out now */
+      e->coutcommit = upto;
+      e->streamed = 1;
+      break;
+    }
     if (!reply_line(e, s, len)) {
-      e->coutlen = e->coutcommit;
-      e->hasheld = 0;
-      emitreply(e, R_BROKEN);
-      closeup(e, SMTP_WHY_SERVERBROKEN, 1);
+      closeup(e, SMTP_WHY_SERVERBROKEN, 1, R_BROKEN);
       break;
     }
     off += len;
@@ -419,16 +641,32 @@ static int parse_server(struct smtp *e)
   return 1;
 }
 
-/* Local replies go out when every reply owed before them has. */
+/* Local replies go out when every reply owed before them has. The answer
+ * to STARTTLS is settled here, as it goes: client bytes that came while it
+ * waited make it a refusal. */
 static int pump(struct smtp *e)
 {
   int moved = 0;
   while (!e->inreply && e->qlen && qkind(e, 0) >= Q_LOCAL && e->phase != SMTP_P_CLOSE) {
     enum reply r = (enum reply)(qkind(e, 0) - Q_LOCAL);
+    /* Q_STARTTLS is always last: alone in the queue, it is its answer */
+    int answer = e->phase == SMTP_P_TLSWAIT && e->qlen == 1;
+    if (answer) {
+      if (e->tainted) r = R_PIPELINED;
+      else if (e->cin_eof) r = R_TLSUNAVAIL;
+    }
     if (!emitreply(e, r)) break;
     qpop(e);
     moved = 1;
-    if (r == R_ERRORS) closeup(e, SMTP_WHY_ERRORS, 1);
+    if (answer) {
+      e->phase = r == R_TLSREADY ? SMTP_P_HANDSHAKE : SMTP_P_PLAIN;
+      e->tainted = 0;
+    }
+    if (r == R_ERRORS) closeup(e, SMTP_WHY_ERRORS, 1, -1);
+  }
+  if (e->phase == SMTP_P_GONE && !e->qlen) {
+    closeup(e, SMTP_WHY_SERVEREOF, e->exitcode, -1);
+    moved = 1;
   }
   return moved;
 }
@@ -446,18 +684,25 @@ static int move_raw(struct smtp *e)
   return 1;
 }
 
+/* The smtpd has ended while the engine is in the middle: every reply owed
+ * becomes a 421 (RFC 5321 3.8), and if none is owed the client still hears
+ * why the connection closes, unless the smtpd said goodbye itself. */
 static int server_gone(struct smtp *e)
 {
+  unsigned i;
   if (!e->sin_eof || !serving(e) || memchr(e->sin, '\n', e->sinlen)) return 0;
   if (e->phase == SMTP_P_DRAIN && !e->qspecial) return 0;
-  if (e->hasheld) { finalize_held(e, 1); e->coutcommit = e->coutlen; }
+  e->coutlen = e->coutcommit; /* a reply cut short is no reply */
+  e->hasheld = 0;
   e->inreply = 0;
   e->exitcode = e->qlen ? 1 : 0;
-  while (e->qlen) {
-    emitreply(e, R_GONE);
-    qpop(e);
-  }
-  closeup(e, SMTP_WHY_SERVEREOF, e->exitcode);
+  if (!e->qlen && !e->quit && !e->cin_eof && memcmp(e->lastcode, "221", 3)
+      && memcmp(e->lastcode, "421", 3))
+    qpush(e, Q_LOCAL + R_GONE);
+  for (i = 0; i < e->qlen; i++) qset(e, i, Q_LOCAL + R_GONE);
+  e->qspecial = e->qlen;
+  e->phase = SMTP_P_GONE;
+  e->content = SMTP_C_NONE;
   return 1;
 }
 
@@ -480,11 +725,20 @@ static void advance(struct smtp *e)
 
 size_t smtp_client_room(struct smtp *e, char **p)
 {
+  e->direct = 0;
   if (e->cin_eof) return 0;
   *p = e->cin + e->cinlen;
   switch (e->phase) {
-  case SMTP_P_PLAIN: case SMTP_P_GATE:
+  case SMTP_P_PLAIN: case SMTP_P_GATE: case SMTP_P_CLEAR:
     if (!parsing(e)) return 0;
+    if ((e->content == SMTP_C_DATA || e->content == SMTP_C_BDAT) && !e->cinlen) {
+      /* content is read where it leaves from; what follows its end is
+       * moved back to cin, so at most cin's size is offered */
+      size_t room = SMTP_SOUTSIZE - e->soutlen;
+      e->direct = 1;
+      *p = e->sout + e->soutlen;
+      return room < SMTP_CINSIZE ? room : SMTP_CINSIZE;
+    }
     /* fall through */
   case SMTP_P_DRAIN: case SMTP_P_TLSWAIT:
     return SMTP_CINSIZE - e->cinlen;
@@ -495,17 +749,27 @@ size_t smtp_client_room(struct smtp *e, char **p)
 
 void smtp_client_input(struct smtp *e, size_t n)
 {
-  if (e->phase == SMTP_P_TLSWAIT) {
-    e->tainted = 1; /* discarded: nothing may follow STARTTLS */
-    return;
+  if (e->direct) {
+    size_t k = frame(e, e->sout + e->soutlen, n);
+    memcpy(e->cin, e->sout + e->soutlen + k, n - k);
+    e->cinlen = n - k;
+    e->soutlen += k;
+    e->direct = 0;
+  } else {
+    if (e->phase == SMTP_P_TLSWAIT) {
+      /* nothing may follow STARTTLS: these are refused, one reply each */
+      e->tainted = 1;
+      e->poison = e->cinlen + n;
+    }
+    e->cinlen += n;
   }
-  e->cinlen += n;
   advance(e);
 }
 
 void smtp_client_eof(struct smtp *e)
 {
   e->cin_eof = 1;
+  e->direct = 0;
   advance(e);
 }
 
@@ -546,7 +810,7 @@ void smtp_client_sent(struct smtp *e, size_t n)
 size_t smtp_server_output(struct smtp *e, const char **p)
 {
   *p = e->sout;
-  return e->phase == SMTP_P_CLOSE ? 0 : e->soutlen;
+  return e->phase == SMTP_P_CLOSE || e->phase == SMTP_P_GONE ? 0 : e->soutlen;
 }
 
 void smtp_server_sent(struct smtp *e, size_t n)
@@ -558,10 +822,10 @@ void smtp_server_sent(struct smtp *e, size_t n)
 
 int smtp_server_done(const struct smtp *e)
 {
-  if (e->phase == SMTP_P_CLOSE) return 1;
+  if (e->phase == SMTP_P_CLOSE || e->phase == SMTP_P_GONE) return 1;
   /* in the drain the relay passes the client's EOF on, after the leftovers */
   return e->cin_eof && !e->soutlen && !e->cinlen
-    && (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE);
+    && (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE || e->phase == SMTP_P_CLEAR);
 }
 
 enum smtp_status smtp_status(const struct smtp *e)
@@ -577,22 +841,26 @@ enum smtp_status smtp_status(const struct smtp *e)
 int smtp_exitcode(const struct smtp *e) { return e->exitcode; }
 enum smtp_why smtp_why(const struct smtp *e) { return e->why; }
 
-void smtp_tls_started(struct smtp *e)
+size_t smtp_tls_started(struct smtp *e)
 {
+  size_t dropped = e->sinlen;
   e->tls = 1;
   e->phase = SMTP_P_GATE;
-  e->cinlen = 0;
-  e->skipping = 0;
-  e->errors = 0;
+  e->cinlen = e->sinlen = 0;
+  e->skipping = e->errors = e->tainted = 0;
+  e->poison = 0;
+  e->content = SMTP_C_NONE;
+  e->nkeys = 0;
+  e->chunking = 0;
+  e->quit = 0;
+  memset(e->lastcode, 0, sizeof e->lastcode);
   advance(e);
+  return dropped;
 }
 
 void smtp_timeout(struct smtp *e)
 {
-  e->coutlen = e->coutcommit;
-  e->hasheld = 0;
-  emitreply(e, R_TIMEOUT);
-  closeup(e, SMTP_WHY_TIMEOUT, 99);
+  closeup(e, SMTP_WHY_TIMEOUT, 99, R_TIMEOUT);
 }
 
 void smtp_leftover(const struct smtp *e, struct smtp_leftover *l)

@@ -6,14 +6,21 @@
 
 #include <stddef.h>
 
-#define SMTP_CMDMAX 512      /* longest command line, CRLF included (RFC 5321 4.5.3.1.4) */
+/* RFC 5321 4.5.3.1.4 lets extensions raise the 512 octets of a command
+ * line (SIZE, DSN, AUTH=, SMTPUTF8 add about 640): 2048 is what Postfix
+ * takes. RFC 4954 4: an AUTH line may be 12288 octets. CRLF included. */
+#define SMTP_CMDMAX 2048
+#define SMTP_AUTHMAX 12288
 #define SMTP_REPLYMAX 8192   /* longest reply line from the smtpd we frame */
-#define SMTP_CINSIZE 4096    /* client bytes not yet parsed */
+#define SMTP_CINSIZE 16384   /* client bytes not yet parsed: one AUTH line and more */
 #define SMTP_SINSIZE SMTP_REPLYMAX
-#define SMTP_COUTSIZE (2 * SMTP_REPLYMAX + 64)
-#define SMTP_SOUTSIZE (SMTP_CINSIZE + SMTP_CMDMAX + 8)
-#define SMTP_QMAX 64         /* replies owed to the client before we stop reading it */
+#define SMTP_COUTSIZE (2 * SMTP_REPLYMAX + 256)
+#define SMTP_RESERVE 64      /* room in cout kept for the one 421 that ends a session */
+#define SMTP_SOUTSIZE 16384
+#define SMTP_QMAX 64         /* replies owed to the client before we stop parsing it */
 #define SMTP_MAXERRORS 10    /* malformed command lines before 421 */
+#define SMTP_KEYMAX 16       /* verbs kept from the smtpd's last EHLO reply */
+#define SMTP_KEYLEN 24
 
 /* flags for smtp_init() */
 #define SMTP_REQUIRETLS 1    /* -r: nothing but EHLO/HELO/STARTTLS/NOOP/RSET/HELP/QUIT before TLS */
@@ -31,15 +38,35 @@ enum smtp_status {
 enum smtp_why {
   SMTP_WHY_NONE,
   SMTP_WHY_SERVEREOF,     /* smtpd closed its output */
+  SMTP_WHY_SERVER421,     /* smtpd answered our RSET with 421 */
   SMTP_WHY_SERVERBROKEN,  /* smtpd sent something that is not an SMTP reply */
   SMTP_WHY_SERVERLONG,    /* smtpd sent a reply line over SMTP_REPLYMAX */
   SMTP_WHY_ERRORS,        /* client sent too many malformed lines */
   SMTP_WHY_TIMEOUT        /* smtp_timeout() was called */
 };
 
-enum smtp_phase { /* internal; exposed only so that struct smtp can be static */
-  SMTP_P_PLAIN, SMTP_P_TLSWAIT, SMTP_P_HANDSHAKE, SMTP_P_GATE, SMTP_P_DRAIN,
-  SMTP_P_RELAY, SMTP_P_CLOSE
+/* The phases of a session; internal, exposed only so that struct smtp can
+ * be static. */
+enum smtp_phase {
+  SMTP_P_PLAIN,     /* before TLS, nothing decided: STARTTLS is offered */
+  SMTP_P_TLSWAIT,   /* STARTTLS taken: the reply to our RSET, then the 220, awaited */
+  SMTP_P_HANDSHAKE, /* 220 sent: the caller does the handshake */
+  SMTP_P_GATE,      /* TLS up, the client's new EHLO awaited */
+  SMTP_P_CLEAR,     /* TLS declined: the engine stays in the middle to the end */
+  SMTP_P_DRAIN,     /* decided (after TLS, or with -a): client bytes go raw,
+                       the replies still to edit or order go out */
+  SMTP_P_RELAY,     /* the caller relays raw bytes */
+  SMTP_P_GONE,      /* the smtpd has gone: a 421 per reply owed, then close */
+  SMTP_P_CLOSE
+};
+
+/* What the client's bytes are, in PLAIN, GATE and CLEAR: command lines, or
+ * message content that is never parsed. */
+enum smtp_content {
+  SMTP_C_NONE,  /* command lines */
+  SMTP_C_DATA,  /* after 354: content up to CRLF.CRLF, passed on */
+  SMTP_C_BDAT,  /* a BDAT chunk's counted octets, passed on */
+  SMTP_C_SKIP   /* the chunk of a BDAT we refused: counted and dropped */
 };
 
 struct smtp {
@@ -48,10 +75,25 @@ struct smtp {
   enum smtp_why why;
   int exitcode;
   int tls;               /* handshake done */
+  int declined;          /* HELO, MAIL or AUTH came first: STARTTLS is off */
   int cin_eof, sin_eof;
   int skipping;          /* discarding an overlong client line up to its LF */
   int tainted;           /* client bytes arrived while STARTTLS was pending */
+  size_t poison;         /* cin's first bytes that came after a STARTTLS: refused */
   int errors;
+  int quit;              /* the client sent QUIT */
+  char lastcode[3];      /* code of the smtpd's last complete reply */
+  /* message content */
+  enum smtp_content content;
+  int datawait;          /* DATA forwarded: client bytes wait for its reply */
+  int dstate;            /* where the DATA scanner is in a line */
+  unsigned long long chunk; /* BDAT octets still to come */
+  int direct;            /* the last room offered was in sout: content lands there */
+  /* the smtpd's last EHLO reply */
+  int chunking;
+  unsigned nkeys;
+  char keys[SMTP_KEYMAX][SMTP_KEYLEN];
+  unsigned char keylen[SMTP_KEYMAX];
   /* reply being framed */
   int inreply;           /* a reply's first line has been seen, not its last */
   int rkind;             /* queue kind the reply answers, or -1: unsolicited */
@@ -60,6 +102,7 @@ struct smtp {
   char rcode[3];
   size_t held;           /* start in cout of the line held back while rewriting */
   int hasheld, heldbare;
+  int streamed;          /* part of the reply went out before its last line */
   /* replies owed to the client, oldest first */
   unsigned char q[SMTP_QMAX];
   unsigned qhead, qlen;
@@ -75,7 +118,9 @@ struct smtp {
 void smtp_init(struct smtp *e, unsigned flags);
 
 /* Where to put client bytes: returns the room (0: do not read the client now)
- * and sets *p. After reading n > 0 bytes there, call smtp_client_input(). */
+ * and sets *p. After reading n > 0 bytes there, call smtp_client_input()
+ * before any other call. In message content the room is where the bytes go
+ * to the smtpd, so that content is not copied. */
 size_t smtp_client_room(struct smtp *e, char **p);
 void smtp_client_input(struct smtp *e, size_t n);
 /* The client closed its side (or its read failed). */
@@ -100,8 +145,11 @@ enum smtp_status smtp_status(const struct smtp *e);
 int smtp_exitcode(const struct smtp *e);
 enum smtp_why smtp_why(const struct smtp *e);
 
-/* The handshake succeeded: the client now speaks through TLS and must EHLO again. */
-void smtp_tls_started(struct smtp *e);
+/* The handshake succeeded: the client now speaks through TLS and must EHLO
+ * again. Whatever the smtpd sent before is dropped (RFC 3207 4.2): returns
+ * how many bytes, for the log; the caller drops what it has read since the
+ * 220 as well. */
+size_t smtp_tls_started(struct smtp *e);
 /* No traffic for too long: queues 421 and closes. */
 void smtp_timeout(struct smtp *e);
 
