@@ -288,8 +288,12 @@ static int known(const char *s, size_t n)
 static int offered(const struct smtp *e, const char *s, size_t n)
 {
   unsigned i;
-  for (i = 0; i < e->nkeys; i++)
-    if (e->keylen[i] == n && !memcmp(e->keys[i], s, n)) return 1;
+  for (i = 0; i < e->nkeys; i++) {
+    size_t j;
+    if (e->keylen[i] != n) continue;
+    for (j = 0; j < n && lower((unsigned char)s[j]) == e->keys[i][j]; j++) ;
+    if (j == n) return 1;
+  }
   return 0;
 }
 

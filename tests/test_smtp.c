@@ -791,6 +791,354 @@ static void timeout_mid_ehlo(void)
   CHECK_STR(toclient(), "421 4.4.2 Timeout, closing connection\r\n");
 }
 
+/* --- the whole plaintext session --- */
+
+static void cleared(const char *ehlo_reply)
+{
+  greeted(0);
+  client("EHLO c\r\n");
+  toserver();
+  server(ehlo_reply);
+  toclient();
+  client("MAIL FROM:<a@b>\r\n");
+  CHECK_STR(toserver(), "MAIL FROM:<a@b>\r\n");
+  server("250 2.1.0 ok\r\n");
+  CHECK_STR(toclient(), "250 2.1.0 ok\r\n");
+  CHECK(e.phase == SMTP_P_CLEAR);
+}
+
+static void auth_after_helo(void)
+{
+  greeted(0);
+  client("HELO c\r\n");
+  server("250 mx\r\n");
+  client("EHLO c\r\n");
+  CHECK_STR(toserver(), "HELO c\r\nEHLO c\r\n");
+  server("250-mx\r\n250-AUTH PLAIN LOGIN\r\n250-STARTTLS\r\n250 8BITMIME\r\n");
+  CHECK_STR(toclient(), "250 mx\r\n250-mx\r\n250 8BITMIME\r\n");
+  client("AUTH PLAIN AGFAYg==\r\nSTARTTLS\r\nNOOP\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "530 5.7.0 Must issue a STARTTLS command first\r\n"
+            "503 5.5.1 STARTTLS is not available after HELO, MAIL or AUTH\r\n250 ok\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void auth_after_mail_rset(void)
+{
+  greeted(0);
+  client("MAIL FROM:<a@b>\r\nRSET\r\nAUTH PLAIN AGFAYg==\r\nEHLO c\r\n");
+  CHECK_STR(toserver(), "MAIL FROM:<a@b>\r\nRSET\r\nEHLO c\r\n");
+  server("250 a\r\n250 b\r\n250-mx\r\n250 AUTH=LOGIN PLAIN\r\n");
+  CHECK_STR(toclient(), "250 a\r\n250 b\r\n530 5.7.0 Must issue a STARTTLS command first\r\n250 mx\r\n");
+}
+
+static void data_content_is_not_commands(void)
+{
+  static char body[4000], want[4100];
+  size_t n;
+  cleared("250 mx\r\n");
+  client("RCPT TO:<c@d>\r\nDATA\r\n");
+  CHECK_STR(toserver(), "RCPT TO:<c@d>\r\nDATA\r\n");
+  server("250 ok\r\n354 go\r\n");
+  CHECK_STR(toclient(), "250 ok\r\n354 go\r\n");
+  strcpy(body, "AUTH PLAIN AGFAYg==\r\nSTARTTLS\r\nEHLO x\r\nQUIT\r\n..\r\n.x\r\n");
+  n = strlen(body);
+  memset(body + n, 'q', 1500);
+  strcpy(body + n + 1500, "\r\n\r\n.\r\nNOOP\r\n");
+  client(body);
+  strcpy(want, body); /* the NOOP pipelined after the dot too */
+  CHECK_STR(toserver(), want);
+  CHECK_STR(toclient(), "");
+  server("250 queued\r\n250 ok\r\n");
+  CHECK_STR(toclient(), "250 queued\r\n250 ok\r\n");
+}
+
+/* the end of data cut between two reads at every point */
+static void data_end_every_split(void)
+{
+  const char *tail = "x\r\n.\r\nQUIT\r\n";
+  size_t cut, len = strlen(tail);
+  for (cut = 0; cut <= len; cut++) {
+    cleared("250 mx\r\n");
+    client("DATA\r\n");
+    toserver();
+    server("354 go\r\n");
+    toclient();
+    CHECK(client_n(tail, cut) == cut);
+    CHECK(client_n(tail + cut, len - cut) == len - cut);
+    CHECK_STR(toserver(), "x\r\n.\r\nQUIT\r\n");
+    CHECK(e.qlen == 2 && e.content == SMTP_C_NONE);
+  }
+}
+
+static void data_lookalike_ends(void)
+{
+  cleared("250 mx\r\n");
+  client("DATA\r\n");
+  toserver();
+  server("354 go\r\n");
+  toclient();
+  client("a\n.\nb\r.\rc\r\n.x\r\n. \r\n..\r\nNOOP\r\n");
+  CHECK_STR(toserver(), "a\n.\nb\r.\rc\r\n.x\r\n. \r\n..\r\nNOOP\r\n");
+  CHECK(e.content == SMTP_C_DATA);
+  client(".\r\n");
+  CHECK_STR(toserver(), ".\r\n");
+  CHECK(e.content == SMTP_C_NONE);
+}
+
+static void data_refused_then_commands(void)
+{
+  cleared("250 mx\r\n");
+  client("DATA\r\nNOOP\r\n");
+  CHECK_STR(toserver(), "DATA\r\n"); /* what follows waits for DATA's reply */
+  server("554 no valid recipients\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "554 no valid recipients\r\n250 ok\r\n");
+}
+
+static void data_content_before_354(void)
+{
+  cleared("250 mx\r\n");
+  client("DATA\r\nAUTH x\r\n.\r\n");
+  CHECK_STR(toserver(), "DATA\r\n");
+  server("354 go\r\n");
+  CHECK_STR(toserver(), "AUTH x\r\n.\r\n");
+}
+
+static void data_client_eof_midway(void)
+{
+  cleared("250 mx\r\n");
+  client("DATA\r\n");
+  toserver();
+  server("354 go\r\n");
+  client("partial line");
+  smtp_client_eof(&e);
+  CHECK_STR(toserver(), "partial line");
+  CHECK(smtp_server_done(&e));
+}
+
+static void bdat_forwarded(void)
+{
+  cleared("250-mx\r\n250 CHUNKING\r\n");
+  client("BDAT 6\r\nNOOP\r\nBDAT 14 LAST\r\nQUIT\r\nAUTH x\r\nRSET\r\n");
+  CHECK_STR(toserver(), "BDAT 6\r\nNOOP\r\nBDAT 14 LAST\r\nQUIT\r\nAUTH x\r\nRSET\r\n");
+  server("250 a\r\n250 b\r\n250 c\r\n");
+  CHECK_STR(toclient(), "250 a\r\n250 b\r\n250 c\r\n");
+  CHECK(e.qlen == 0);
+}
+
+static void bdat_refused_consumed(void)
+{
+  greeted(0);
+  client("EHLO c\r\n");
+  toserver();
+  server("250 mx\r\n");
+  toclient();
+  client("BDAT 6\r\nNOOP\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(), "503 5.5.1 Bad sequence of commands: MAIL first\r\n");
+  /* without CHUNKING offered, the smtpd would run the chunk */
+  client("MAIL FROM:<a@b>\r\n");
+  server("250 ok\r\n");
+  toserver();
+  client("BDAT 6\r\nNOOP\r\nBDAT 0 LAST\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(), "250 ok\r\n500 5.5.1 Command unrecognized\r\n500 5.5.1 Command unrecognized\r\n");
+}
+
+static void bdat_huge_chunk(void)
+{
+  static char chunk[10000];
+  int i;
+  size_t total = 0;
+  cleared("250-mx\r\n250 CHUNKING\r\n");
+  client("BDAT 1000000 LAST\r\n");
+  memset(chunk, '\n', sizeof chunk);
+  CHECK_STR(toserver(), "BDAT 1000000 LAST\r\n");
+  for (i = 0; i < 100; i++) {
+    CHECK(client_n(chunk, sizeof chunk) == sizeof chunk);
+    total += strlen(toserver());
+  }
+  CHECK(total == 1000000);
+  client("QUIT\r\n");
+  server("250 ok\r\n");
+  CHECK_STR(toserver(), "QUIT\r\n");
+}
+
+static void long_mail_line(void)
+{
+  static char line[1100];
+  greeted(0);
+  strcpy(line, "MAIL FROM:<");
+  memset(line + 11, 'a', 900);
+  strcpy(line + 911, "@x> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=QQ314159 SMTPUTF8 AUTH=<>\r\n");
+  CHECK(strlen(line) > 960);
+  client(line);
+  CHECK_STR(toserver(), line);
+}
+
+static void long_auth_line(void)
+{
+  static char line[12400];
+  greeted(SMTP_PLAINAUTH);
+  strcpy(line, "AUTH PLAIN ");
+  memset(line + 11, 'A', 11987);
+  strcpy(line + 11998, "\r\n");
+  client(line);
+  CHECK_STR(toserver(), line);
+  greeted(0);
+  client(line); /* not allowed, but still one reply */
+  CHECK_STR(toclient(), "530 5.7.0 Must issue a STARTTLS command first\r\n");
+  memset(line + 5, 'A', 12290);
+  strcpy(line + 12295, "\r\n");
+  client(line);
+  CHECK_STR(toclient(), "500 5.5.2 Line too long\r\n");
+}
+
+static void extension_forwarded(void)
+{
+  greeted(0);
+  client("ETRN @example.org\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(), "500 5.5.1 Command unrecognized\r\n");
+  client("EHLO c\r\n");
+  toserver();
+  server("250-mx\r\n250-ETRN\r\n250-XCLIENT NAME ADDR\r\n250 SIZE\r\n");
+  toclient();
+  client("ETRN @example.org\r\nxclient NAME=x\r\n");
+  CHECK_STR(toserver(), "ETRN @example.org\r\nxclient NAME=x\r\n");
+  CHECK(e.phase == SMTP_P_PLAIN); /* TLS still on offer */
+  server("250 started\r\n250 ok\r\n");
+  CHECK_STR(toclient(), "250 started\r\n250 ok\r\n");
+  client("STARTTLS\r\n");
+  CHECK_STR(toserver(), "RSET\r\n");
+}
+
+/* --- one reply per command, whatever happens --- */
+
+/* replies the client does not read fill cout to just below the room of
+ * the answer to STARTTLS: it must wait, not vanish */
+static void starttls_answer_waits_for_room(void)
+{
+  static char big[SMTP_REPLYMAX], mid[171];
+  int i;
+  greeted(0);
+  memset(big, 'h', sizeof big - 3);
+  memcpy(big, "214 ", 4);
+  memcpy(big + sizeof big - 3, "\r\n", 3);
+  memset(mid, 'm', sizeof mid - 3);
+  memcpy(mid, "214 ", 4);
+  memcpy(mid + sizeof mid - 3, "\r\n", 3);
+  for (i = 0; i < 3; i++) client("HELP\r\n");
+  client("STARTTLS\r\n");
+  toserver();
+  for (i = 0; i < 2; i++) server(big);
+  server(mid);
+  server("250 flushed\r\n");
+  {
+    const char *p;
+    size_t n = smtp_client_output(&e, &p), want = 2 * strlen(big) + strlen(mid);
+    CHECK(n == want);
+    CHECK(smtp_status(&e) == SMTP_RUN);
+    smtp_client_sent(&e, n);
+  }
+  CHECK_STR(toclient(), "220 2.0.0 Ready to start TLS\r\n");
+  CHECK(smtp_status(&e) == SMTP_STARTTLS);
+}
+
+static void rset_421_reaches_client(void)
+{
+  greeted(0);
+  client("STARTTLS\r\n");
+  CHECK_STR(toserver(), "RSET\r\n");
+  server("421 4.3.2 shutting down\r\n");
+  CHECK_STR(toclient(), "421 4.3.2 shutting down\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_why(&e) == SMTP_WHY_SERVER421);
+}
+
+static void ehlo_cut_by_eof(void)
+{
+  greeted(0);
+  client("EHLO c\r\n");
+  toserver();
+  server("250-mx\r\n250-SIZE\r\n250-8BITMIME\r\n");
+  CHECK_STR(toclient(), "");
+  smtp_server_eof(&e);
+  CHECK_STR(toclient(), "421 4.3.0 Mail server unavailable, closing connection\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+}
+
+static void smtpd_bytes_before_tls_dropped(void)
+{
+  greeted(0);
+  client("STARTTLS\r\n");
+  toserver();
+  server("250 ok\r\n250 stray\r\n");
+  CHECK_STR(toclient(), "220 2.0.0 Ready to start TLS\r\n");
+  CHECK(smtp_tls_started(&e) == strlen("250 stray\r\n"));
+  client("EHLO c\r\n");
+  CHECK_STR(toserver(), "EHLO c\r\n");
+  server("250 mx\r\n");
+  CHECK_STR(toclient(), "250 mx\r\n");
+}
+
+static void smtpd_gone_after_mail(void)
+{
+  cleared("250 mx\r\n");
+  client("RCPT TO:<c@d>\r\n");
+  toserver();
+  smtp_server_eof(&e);
+  CHECK_STR(toclient(), "421 4.3.0 Mail server unavailable, closing connection\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_exitcode(&e) == 1);
+}
+
+static void smtpd_gone_nothing_owed(void)
+{
+  greeted(0);
+  smtp_server_eof(&e);
+  CHECK_STR(toclient(), "421 4.3.0 Mail server unavailable, closing connection\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_exitcode(&e) == 0);
+  cleared("250 mx\r\n");
+  client("QUIT\r\n");
+  server("221 bye\r\n");
+  smtp_server_eof(&e);
+  CHECK_STR(toclient(), "221 bye\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+}
+
+static void smtpd_gone_mid_data(void)
+{
+  cleared("250 mx\r\n");
+  client("DATA\r\n");
+  server("354 go\r\n");
+  client("some content\r\n");
+  smtp_server_eof(&e);
+  CHECK_STR(toclient(), "354 go\r\n421 4.3.0 Mail server unavailable, closing connection\r\n");
+}
+
+static void gone_421s_wait_for_room(void)
+{
+  static char big[SMTP_REPLYMAX];
+  int i;
+  size_t n;
+  greeted(0);
+  memset(big, 'h', sizeof big - 3);
+  memcpy(big, "214 ", 4);
+  memcpy(big + sizeof big - 3, "\r\n", 3);
+  for (i = 0; i < 40; i++) client("HELP\r\n");
+  toserver();
+  for (i = 0; i < 2; i++) server(big);
+  smtp_server_eof(&e);
+  n = strlen(toclient());
+  CHECK(n == 2 * strlen(big) + 38 * strlen("421 4.3.0 Mail server unavailable, closing connection\r\n"));
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+}
+
 int main(void)
 {
   RUN(greeting_multiline);
@@ -847,5 +1195,27 @@ int main(void)
   RUN(server_never_started);
   RUN(timeout_421);
   RUN(timeout_mid_ehlo);
+  RUN(auth_after_helo);
+  RUN(auth_after_mail_rset);
+  RUN(data_content_is_not_commands);
+  RUN(data_end_every_split);
+  RUN(data_lookalike_ends);
+  RUN(data_refused_then_commands);
+  RUN(data_content_before_354);
+  RUN(data_client_eof_midway);
+  RUN(bdat_forwarded);
+  RUN(bdat_refused_consumed);
+  RUN(bdat_huge_chunk);
+  RUN(long_mail_line);
+  RUN(long_auth_line);
+  RUN(extension_forwarded);
+  RUN(starttls_answer_waits_for_room);
+  RUN(rset_421_reaches_client);
+  RUN(ehlo_cut_by_eof);
+  RUN(smtpd_bytes_before_tls_dropped);
+  RUN(smtpd_gone_after_mail);
+  RUN(smtpd_gone_nothing_owed);
+  RUN(smtpd_gone_mid_data);
+  RUN(gone_421s_wait_for_room);
   return check_failures != 0;
 }
