@@ -320,9 +320,11 @@ def starttls_injection(flavour, _):
     try:
         c = Client(bed.port)
         c.reply()
-        c.send(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n")
-        r = c.reply()
-        check(r.startswith(b"503 5.5.1 STARTTLS must end a pipelined group"), r)
+        c.send(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<a@b.test>\r\nNOOP\r\n")
+        r = c.replies(4)
+        check(r[0].startswith(b"503 5.5.1 STARTTLS must end a pipelined group"), r)
+        # RFC 5321 4.2: each command pipelined after it gets its own refusal
+        check(all(x.startswith(b"503 5.5.1 Command sent after STARTTLS") for x in r[1:]), r)
         c.send(b"QUIT\r\n")
         check(c.reply() == b"221 2.0.0 bye\r\n", "no 221")
         c.close()

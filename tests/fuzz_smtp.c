@@ -4,7 +4,17 @@
  * Input: one byte of flags, then records [op][len][len bytes of data]:
  * op % 4 == 0 client bytes, 1 smtpd bytes, 2 take up to len bytes of each
  * output (0: all), 3 an event chosen by len % 4: client EOF, smtpd EOF,
- * timeout, handshake done (when the engine asked for one). */
+ * timeout, handshake done (when the engine asked for one).
+ *
+ * With flag 4 the smtpd is a model that frames what it gets as a real one
+ * would and answers each command once (op 1 then says how: len picks the
+ * code), and the client's bytes are framed by an oracle written apart from
+ * the engine. Then the promises are checked, not only memory safety:
+ * every command line and every BDAT gets exactly one reply, in order;
+ * content reaches the smtpd byte for byte and is never taken for commands;
+ * no AUTH reaches the smtpd before TLS without -a; nothing after STARTTLS
+ * reaches the smtpd; the 220 is only ever given to a STARTTLS that ended
+ * what the client had sent. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,12 +40,314 @@ static void check(unsigned long long fed_client, unsigned long long to_server,
   invariant(to_server <= fed_client + 6 * rsets);
 }
 
+/* --- framing shared by the oracle and the model: SMTP's, not the engine's --- */
+
+#define LOGMAX (1 << 17)
+#define CMDS 4096
+
+static int lc(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+static int verb(const char *s, size_t n, const char *w)
+{
+  size_t i, k = strlen(w);
+  if (n < k) return 0;
+  for (i = 0; i < k; i++) if (lc((unsigned char)s[i]) != w[i]) return 0;
+  return n == k || s[k] == ' ' || s[k] == '\r';
+}
+
+/* "BDAT n[ LAST]\r\n", well formed: the chunk size, or -1 */
+static long long bdat(const char *s, size_t n)
+{
+  size_t i;
+  unsigned long long v = 0;
+  if (n < 8 || !verb(s, n, "bdat") || s[4] != ' ' || s[n - 2] != '\r') return -1;
+  for (i = 0; i + 2 < n; i++) if (s[i] == '\r' || !s[i]) return -1;
+  if (n > SMTP_CMDMAX) return -1;
+  for (i = 5; i < n - 2 && s[i] >= '0' && s[i] <= '9'; i++) {
+    if (v > (~0ULL - 9) / 10) return -1;
+    v = v * 10 + (unsigned)(s[i] - '0');
+  }
+  if (i == 5) return -1;
+  while (i < n - 2 && s[i] == ' ') i++;
+  if (i < n - 2 && !(n - 2 - i == 4 && verb(s + i, 4, "last"))) return -1;
+  return v > (1ULL << 62) ? (long long)(1ULL << 62) : (long long)v; /* never all read */
+}
+
+/* Content up to and including CRLF.CRLF: bytes taken (all n if no end).
+ * hist holds the last five bytes; content starts after a CRLF. */
+static size_t dataend(const char *s, size_t n, char hist[5], int *ended)
+{
+  size_t i;
+  for (i = 0; i < n; i++) {
+    memmove(hist, hist + 1, 4);
+    hist[4] = s[i];
+    if (!memcmp(hist, "\r\n.\r\n", 5)) { *ended = 1; return i + 1; }
+  }
+  return n;
+}
+
+/* --- the client oracle --- */
+
+enum { K_OTHER, K_DATA, K_BDAT, K_END, K_AUTH, K_STARTTLS, K_EHLO };
+static struct { int kind; int code; } cmd[CMDS];
+static unsigned ncmd, nreplies;
+static char olog[LOGMAX];
+static size_t ologlen, opos;         /* fed, framed so far */
+static int omode;                    /* 0 commands, 1 DATA wait, 2 content, 3 chunk */
+static long long ochunk;
+static char ohist[5];
+static char ocontent[LOGMAX];
+static size_t ocontentlen;
+static size_t starttls_end;          /* log offset right after the last STARTTLS line */
+
+static void oracle_frame(void)
+{
+  for (;;) {
+    const char *s = olog + opos;
+    size_t left = ologlen - opos, len;
+    const char *lf;
+    if (!left || omode == 1 || ncmd >= CMDS) return;
+    if (omode == 2) {
+      int ended = 0;
+      size_t k = dataend(s, left, ohist, &ended);
+      memcpy(ocontent + ocontentlen, s, k);
+      ocontentlen += k;
+      opos += k;
+      if (ended) { omode = 0; cmd[ncmd++].kind = K_END; }
+      continue;
+    }
+    if (omode == 3) {
+      size_t k = (size_t)ochunk < left ? (size_t)ochunk : left;
+      ochunk -= (long long)k;
+      opos += k;
+      if (!ochunk) omode = 0;
+      continue;
+    }
+    lf = memchr(s, '\n', left);
+    if (!lf) return;
+    len = (size_t)(lf - s) + 1;
+    cmd[ncmd].code = 0;
+    cmd[ncmd].kind = verb(s, len, "data") ? K_DATA : verb(s, len, "auth") ? K_AUTH
+      : verb(s, len, "starttls") ? K_STARTTLS : K_OTHER;
+    opos += len;
+    if (cmd[ncmd].kind == K_DATA) omode = 1;
+    if (cmd[ncmd].kind == K_STARTTLS) starttls_end = opos;
+    if ((ochunk = bdat(s, len)) >= 0) {
+      cmd[ncmd].kind = K_BDAT;
+      if (ochunk) omode = 3;
+    }
+    ncmd++;
+  }
+}
+
+/* One whole reply reached the client: it answers the oldest command. */
+static void oracle_reply(const char *code)
+{
+  unsigned i;
+  if (!memcmp(code, "421", 3)) return; /* the engine closing: the model never says it */
+  i = nreplies++;
+  if (!i) return; /* the greeting */
+  invariant(i - 1 < ncmd); /* never a reply to a command not sent */
+  cmd[i - 1].code = (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
+  if (cmd[i - 1].kind == K_DATA) {
+    omode = cmd[i - 1].code == 354 ? 2 : 0;
+    memcpy(ohist, "xxx\r\n", 5);
+    oracle_frame();
+  }
+}
+
+static char rline[8];
+static size_t rlinelen;
+
+static void oracle_output(const char *p, size_t n)
+{
+  size_t i;
+  for (i = 0; i < n; i++) {
+    if (rlinelen < sizeof rline) rline[rlinelen++] = p[i];
+    if (p[i] != '\n') continue;
+    invariant(rlinelen >= 4);
+    if (rline[3] != '-') oracle_reply(rline);
+    rlinelen = 0;
+  }
+}
+
+/* --- the model smtpd --- */
+
+static char mlog[LOGMAX];
+static size_t mloglen, mpos;
+static int mmode;                /* 0 commands, 2 content, 3 chunk */
+static long long mchunk;
+static char mhist[5];
+static char mcontent[LOGMAX];
+static size_t mcontentlen;
+static int mpending[CMDS];       /* what each command waiting for its reply is */
+static unsigned mhead, mtail;
+
+static void model_frame(void)
+{
+  for (;;) {
+    const char *s = mlog + mpos;
+    size_t left = mloglen - mpos, len;
+    const char *lf;
+    if (!left || mtail >= CMDS) return;
+    if (mmode == 2) {
+      int ended = 0;
+      size_t k = dataend(s, left, mhist, &ended);
+      memcpy(mcontent + mcontentlen, s, k);
+      mcontentlen += k;
+      mpos += k;
+      if (ended) { mmode = 0; mpending[mtail++] = K_END; }
+      continue;
+    }
+    if (mmode == 3) {
+      size_t k = (size_t)mchunk < left ? (size_t)mchunk : left;
+      mchunk -= (long long)k;
+      mpos += k;
+      if (!mchunk) mmode = 0;
+      continue;
+    }
+    lf = memchr(s, '\n', left);
+    if (!lf) return;
+    len = (size_t)(lf - s) + 1;
+    mpos += len;
+    /* no password in clear: AUTH reaches the smtpd only over TLS or with -a */
+    if (verb(s, len, "auth")) invariant(e.tls || (e.flags & SMTP_PLAINAUTH));
+    mpending[mtail] = verb(s, len, "data") ? K_DATA : verb(s, len, "ehlo") ? K_EHLO : K_OTHER;
+    if ((mchunk = bdat(s, len)) >= 0 && mchunk) mmode = 3;
+    mtail++;
+  }
+}
+
+static char mout[1 << 16];
+static size_t moutlen;
+
+/* answers the oldest command the model holds; how, chosen by c */
+static void model_answer(unsigned c)
+{
+  const char *r;
+  int kind;
+  if (mhead == mtail) return;
+  kind = mpending[mhead++];
+  if (kind == K_DATA) {
+    r = c % 3 ? "354 go\r\n" : "554 no\r\n";
+    if (c % 3) { mmode = 2; memcpy(mhist, "xxx\r\n", 5); }
+  } else if (kind == K_EHLO)
+    r = c & 1 ? "250-mx\r\n250-CHUNKING\r\n250-AUTH PLAIN\r\n250-ETRN\r\n250 STARTTLS\r\n"
+      : "250-mx\r\n250 PIPELINING\r\n";
+  else r = c % 5 == 0 ? "550 no\r\n" : c % 7 == 0 ? "250-a\r\n250 b\r\n" : "250 ok\r\n";
+  if (moutlen + strlen(r) <= sizeof mout) {
+    memcpy(mout + moutlen, r, strlen(r));
+    moutlen += strlen(r);
+  }
+  model_frame();
+}
+
+static void model_deliver(void)
+{
+  char *p;
+  size_t room = smtp_server_room(&e, &p);
+  if (room > moutlen) room = moutlen;
+  if (!room) return;
+  memcpy(p, mout, room);
+  memmove(mout, mout + room, moutlen - room);
+  moutlen -= room;
+  smtp_server_input(&e, room);
+}
+
+static void flush_model(void)
+{
+  const char *q;
+  size_t k;
+  int rounds;
+  for (rounds = 0; rounds < 64; rounds++) {
+    k = smtp_client_output(&e, &q);
+    if (k) { oracle_output(q, k); smtp_client_sent(&e, k); }
+    k = smtp_server_output(&e, &q);
+    if (k && mloglen + k <= LOGMAX) {
+      memcpy(mlog + mloglen, q, k);
+      mloglen += k;
+      smtp_server_sent(&e, k);
+      model_frame();
+    }
+    model_deliver();
+    /* once STARTTLS is taken, our RSET is the last thing the smtpd gets */
+    if ((e.phase == SMTP_P_TLSWAIT || e.phase == SMTP_P_HANDSHAKE) && !e.soutlen)
+      invariant(mloglen >= 6 && !memcmp(mlog + mloglen - 6, "RSET\r\n", 6));
+    if (e.phase == SMTP_P_HANDSHAKE) {
+      /* the 220 went only to a STARTTLS with nothing after it */
+      invariant(starttls_end == ologlen);
+    }
+  }
+}
+
+static int modelled(const unsigned char *d, size_t n)
+{
+  size_t i = 1;
+  unsigned flags = d[0] & 1; /* -r or not; never -a: the relay would take over */
+  memset(&cmd, 0, sizeof cmd);
+  ncmd = nreplies = 0;
+  ologlen = opos = ocontentlen = mloglen = mpos = mcontentlen = moutlen = rlinelen = 0;
+  omode = mmode = 0;
+  mhead = mtail = 0;
+  starttls_end = (size_t)-1;
+  smtp_init(&e, flags);
+  memcpy(mout, "220 mx\r\n", 8);
+  moutlen = 8;
+  model_deliver();
+  while (i + 2 <= n) {
+    unsigned op = d[i] % 4, len = d[i + 1];
+    const unsigned char *data = d + i + 2;
+    size_t avail = n - i - 2, room;
+    char *p;
+    if (op == 0 && len > avail) len = (unsigned)avail;
+    i += 2 + (op == 0 ? len : 0);
+    if (op == 0) {
+      int waiting = e.phase == SMTP_P_TLSWAIT;
+      room = smtp_client_room(&e, &p);
+      if (room > len) room = len;
+      if (room && ologlen + room <= LOGMAX) {
+        memcpy(olog + ologlen, data, room);
+        ologlen += room;
+        memcpy(p, data, room);
+        smtp_client_input(&e, room);
+        if (waiting) starttls_end = (size_t)-1; /* bytes after STARTTLS: no 220 */
+        oracle_frame();
+      }
+    } else if (op == 1) model_answer(len);
+    else if (op == 2) flush_model();
+    else if (len % 4 == 3 && smtp_status(&e) == SMTP_STARTTLS) {
+      smtp_tls_started(&e);
+      starttls_end = (size_t)-1;
+    }
+    flush_model();
+    if (e.phase == SMTP_P_DRAIN || e.phase == SMTP_P_RELAY || e.phase == SMTP_P_CLOSE
+        || e.phase == SMTP_P_GONE || e.errors >= SMTP_MAXERRORS)
+      return 0; /* the engine's part, or its exact count, is over */
+    invariant(nreplies <= ncmd + 1);
+    /* content: what the smtpd got is what the client sent as content */
+    invariant(mcontentlen <= ocontentlen && !memcmp(mcontent, ocontent, mcontentlen));
+  }
+  /* let everything settle: then every command has had its one reply */
+  for (i = 0; i < 4 * CMDS && mhead != mtail; i++) {
+    model_answer((unsigned)i);
+    flush_model();
+  }
+  flush_model();
+  if (e.phase == SMTP_P_PLAIN || e.phase == SMTP_P_CLEAR || e.phase == SMTP_P_GATE) {
+    if (omode != 1 && ncmd < CMDS && e.errors < SMTP_MAXERRORS)
+      invariant(nreplies == ncmd + 1);
+    invariant(mcontentlen == ocontentlen || e.content != SMTP_C_NONE);
+  }
+  return 0;
+}
+
 int LLVMFuzzerTestOneInput(const unsigned char *d, size_t n)
 {
   unsigned long long fed = 0, sent = 0, rsets = 0;
   int linestart = 1;
   size_t i = 1;
   if (!n) return 0;
+  if (d[0] & 4) return modelled(d, n);
   smtp_init(&e, d[0] & 3);
   while (i + 2 <= n) {
     unsigned op = d[i] % 4, len = d[i + 1];
@@ -51,10 +363,9 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, size_t n)
       room = smtp_client_room(&e, &p);
       if (room > len) room = len;
       if (room) {
-        int waiting = e.phase == SMTP_P_TLSWAIT;
         memcpy(p, data, room);
         smtp_client_input(&e, room);
-        if (!waiting) fed += room;
+        fed += room;
       }
       break;
     case 1:

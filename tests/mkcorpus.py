@@ -46,7 +46,27 @@ SEEDS = {
     "many_noop": G + C(b"NOOP\r\n" * 100) + T() + S(b"250 ok\r\n" * 100) + T(),
 }
 
-FLAGGED = ("auth", "requiretls")  # these begin with their own flags byte
+# with the model smtpd (flag 4): op 1's length says how it answers (1: 354
+# to DATA, an EHLO reply with CHUNKING), so S() here is A()
+def A(n=1): return bytes([1, n])
+
+
+MODEL = {
+    "model_data": C(b"EHLO x\r\n") + A() + T() + C(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+    + A() + A() + A() + T() + C(b"AUTH PLAIN x\r\nSTARTTLS\r\nQUIT\r\n..\r\n" + b"q" * 300 + b"\r\n.\r\nNOOP\r\n")
+    + A() + A() + T(),
+    "model_bdat": C(b"EHLO x\r\n") + A() + T() + C(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 6\r\nNOOP\r\nBDAT 5 LAST\r\nQUIT\r\n")
+    + A() + A() + A() + A() + T() + C(b"BDAT 3\r\nabcRSET\r\n") + A() + A() + T(),
+    "model_helo_auth": C(b"HELO x\r\n") + A() + T() + C(b"EHLO x\r\nAUTH PLAIN AGFAYg==\r\nSTARTTLS\r\n") + A() + T(),
+    "model_starttls": C(b"EHLO x\r\n") + A() + T() + C(b"STARTTLS\r\n") + A() + T() + EV(3)
+    + C(b"MAIL FROM:<a@b>\r\nEHLO y\r\n") + A() + T(),
+    "model_injection": C(b"STARTTLS\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n") + T() + C(b"STARTTLS\r\n")
+    + C(b"NOOP\r\n") + A() + T(),
+}
+for name, data in MODEL.items():
+    SEEDS[name] = b"\x04" + data
+
+FLAGGED = ("auth", "requiretls") + tuple(MODEL)  # these begin with their own flags byte
 os.makedirs(OUT, exist_ok=True)
 for name, data in SEEDS.items():
     if name not in FLAGGED:
