@@ -201,16 +201,27 @@ setup_postfix() {
     unpack postfix postfix || return 1
     p=$dir/postfix
     r=$dir/root/postfix
-    mkdir -p "$p/conf" "$p/queue" "$p/data"
+    rm -rf "$p"
+    mkdir -p "$p/conf/dynamicmaps.cf.d" "$p/queue" "$p/data" "$p/cmd"
+    # smtpd -S (sendmail -bs) runs postdrop from command_directory with a
+    # cleaned environment: a wrapper there gives it LD_LIBRARY_PATH back.
+    cat >"$p/cmd/postdrop" <<EOF
+#!/bin/sh
+LD_LIBRARY_PATH='$r/usr/lib/postfix'
+export LD_LIBRARY_PATH
+exec '$r/usr/sbin/postdrop' "\$@"
+EOF
+    chmod 755 "$p/cmd/postdrop"
     cat >"$p/conf/main.cf" <<EOF
-# private config for the extracted Postfix client tools (tests only)
+# private config for the extracted Postfix tools (tests only)
 compatibility_level = 3.6
-myhostname = postfix-client.test
+myhostname = postfix.test
 mydomain = test
-myorigin = postfix-client.test
+myorigin = postfix.test
+mydestination = local.test
 queue_directory = $p/queue
 data_directory = $p/data
-command_directory = $r/usr/sbin
+command_directory = $p/cmd
 daemon_directory = $r/usr/lib/postfix/sbin
 shlib_directory = $r/usr/lib/postfix
 meta_directory = $p/conf
@@ -219,19 +230,54 @@ smtp_host_lookup = native
 smtp_dns_support_level = disabled
 disable_dns_lookups = yes
 maillog_file = /dev/stderr
+maillog_file_prefixes = /dev/stderr
+# the postfix/postdrop accounts do not exist here: any unprivileged ones
+# that differ will do
+mail_owner = daemon
+default_privs = nobody
+setgid_group = mail
+# sendmail -bs: no proxymap, aliases or local users to look up
+local_recipient_maps =
+alias_maps =
+alias_database =
+import_environment = MAIL_CONFIG TZ LANG=C
 EOF
     : >"$p/conf/dynamicmaps.cf"
-    mkdir -p "$p/conf/dynamicmaps.cf.d"
-    for t in smtp-source posttls-finger sendmail postconf; do
+    : >"$p/conf/master.cf"
+    for t in smtp-source posttls-finger sendmail postconf postcat; do
         wrapper "postfix-$t" <<EOF
 #!/bin/sh
 # extracted Postfix $t with a private config directory
 LD_LIBRARY_PATH='$r/usr/lib/postfix'\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
-MAIL_CONFIG='$p/conf'
+MAIL_CONFIG=\${MAIL_CONFIG:-'$p/conf'}
 export LD_LIBRARY_PATH MAIL_CONFIG
 exec '$r/usr/sbin/$t' "\$@"
 EOF
     done
+    wrapper postfix-sendmail-bs <<EOF
+#!/bin/sh
+# postfix-sendmail-bs OUTDIR: Postfix's sendmail -bs (smtpd -S, stand-alone,
+# no relay controls: not for network use) on stdin/stdout. Each message
+# becomes a queue file in OUTDIR/queue/maildrop (no pickup runs); read it
+# with: MAIL_CONFIG=OUTDIR/conf postfix-postcat -bh FILE
+[ \$# -ge 1 ] || { echo "usage: \$0 OUTDIR" >&2; exit 2; }
+mkdir -p "\$1" && out=\$(cd "\$1" && pwd) || exit 2
+if [ ! -f "\$out/conf/main.cf" ]; then
+    mkdir -p "\$out/conf" "\$out/queue/maildrop" "\$out/data"
+    sed -e "s|^queue_directory = .*|queue_directory = \$out/queue|" \\
+        -e "s|^data_directory = .*|data_directory = \$out/data|" \\
+        -e "s|^meta_directory = .*|meta_directory = \$out/conf|" \\
+        '$p/conf/main.cf' >"\$out/conf/main.cf.tmp"
+    : >"\$out/conf/master.cf"
+    : >"\$out/conf/dynamicmaps.cf"
+    chown daemon:mail "\$out/queue/maildrop"
+    chmod 1730 "\$out/queue/maildrop"
+    mv "\$out/conf/main.cf.tmp" "\$out/conf/main.cf"
+fi
+MAIL_CONFIG=\$out/conf
+export MAIL_CONFIG
+exec '$dir/bin/postfix-sendmail' -bs
+EOF
     "$dir/bin/postfix-postconf" -h mail_version >/dev/null 2>&1 || { say "extracted postconf does not run"; return 1; }
 }
 
