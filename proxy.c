@@ -41,6 +41,11 @@ static void leave(int code)
 }
 
 /* One line per event, written at once so lines from both processes do not mix. */
+static int again(void)
+{
+  return errno == EINTR || errno == EAGAIN;
+}
+
 static void say(unsigned long level, const char *kind, const char *fmt, ...)
 {
   char buf[512];
@@ -166,13 +171,29 @@ static void smtpd(char **argv, int in, int out, int p[6])
   fatal(111, "unable to exec %s: %s", argv[0], strerror(e));
 }
 
-static void finish(void)
+/* The smtpd gets EOF and we wait, bounded, for it to end: under sslserver
+ * the control socket closes when this process exits, and the super-server
+ * then kills the smtpd, which may still be writing its log or its queue. */
+static void await_smtpd(int sr, long long deadline)
+{
+  pid_t smtpd = getppid();
+  char junk[512];
+  if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
+  while (io_wait(sr, POLLIN, deadline) > 0)
+    if (read(sr, junk, sizeof junk) <= 0 && !again()) break;
+  /* its stdout is closed; the exit follows at once, and makes us an orphan */
+  while (getppid() == smtpd && io_left(deadline)) poll(NULL, 0, 1);
+}
+
+static void finish(int sr)
 {
   const char *out;
   size_t n = smtp_client_output(&engine, &out), done = 0;
   int code = smtp_exitcode(&engine);
+  long long deadline = io_deadline(timeout);
   char c;
-  io_writeall(1, out, n, &done, io_deadline(timeout));
+  io_writeall(1, out, n, &done, deadline);
+  await_smtpd(sr, deadline);
   switch (smtp_why(&engine)) {
   case SMTP_WHY_SERVERBROKEN: fatal(1, "the smtpd sent a line that is not an SMTP reply");
   case SMTP_WHY_SERVERLONG: fatal(1, "the smtpd sent a reply line longer than %d bytes", SMTP_REPLYMAX);
@@ -246,10 +267,6 @@ static void relay(int sr, int sw)
   leave(res == RELAY_OK ? 0 : 99);
 }
 
-static int again(void)
-{
-  return errno == EINTR || errno == EAGAIN;
-}
 
 static void session(int sr, int sw)
 {
@@ -263,7 +280,7 @@ static void session(int sr, int sw)
     int moved = 0, r;
     enum smtp_status st = smtp_status(&engine);
     cout = smtp_client_output(&engine, &out);
-    if (st == SMTP_CLOSE) finish();
+    if (st == SMTP_CLOSE) finish(sr);
     if (st == SMTP_RELAY) relay(sr, sw);
     if (st == SMTP_STARTTLS && !cout) { handshake(sr); deadline = io_deadline(timeout); continue; }
     if (swopen && smtp_server_done(&engine)) { close(sw); swopen = 0; smtpd_w = -1; }

@@ -1087,3 +1087,327 @@ def load_200_sessions(flavour, ropts):
             print("  load: %d sessions, proxy peak RSS %d KiB" % (n, peak[0]))
     finally:
         bed.close()
+
+
+# --- the engine stays in the middle for the whole plaintext session ---
+
+EXIM_AUTH = """
+auth_advertise_hosts = *
+chunking_advertise_hosts = *
+begin authenticators
+plain:
+  driver = plaintext
+  public_name = PLAIN
+  server_prompts = :
+  server_condition = yes
+  server_set_id = $auth2
+"""
+
+
+def exim_bed(flavour, opts=(), extra=""):
+    """exim -bs with AUTH PLAIN (any password) and CHUNKING offered to all;
+    returns (bed, dir) or a reason to skip."""
+    path = shutil.which("exim") or shutil.which("exim4")
+    if not path:
+        return "exim not installed", None
+    import tempfile
+    d = tempfile.mkdtemp(prefix="exim-", dir=WORK)
+    os.chmod(d, 0o1777)
+    conf = os.path.join(d, "exim.conf")
+    base = EXIM_CONF.format(dir=d)
+    head, tail = base.split("begin acl", 1)
+    with open(conf, "w") as f:
+        f.write(head + extra.split("begin authenticators")[0] + "begin acl" + tail
+                + "begin authenticators" + extra.split("begin authenticators")[1])
+    return Bed(flavour, opts, app=[PROG] + list(opts) + [path, "-C", conf, "-odi", "-bs"]), d
+
+
+def mbox(d):
+    try:
+        with open(os.path.join(d, "mbox"), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+@test()
+def exim_auth_after_helo_and_rset(flavour, _):
+    bed, d = exim_bed(flavour, extra=EXIM_AUTH)
+    if d is None:
+        return bed
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO c.test\r\n")
+        r = c.reply()
+        check(b"AUTH" not in r and b"STARTTLS" in r, r)
+        c.send(b"HELO c.test\r\n")
+        c.reply()
+        c.send(b"EHLO c.test\r\n")
+        r = c.reply()
+        check(b"AUTH" not in r and b"STARTTLS" not in r, r)  # declined: neither
+        c.send(b"AUTH PLAIN AGEAYg==\r\n")
+        check(c.reply().startswith(b"530 5.7.0"), "AUTH after HELO")
+        c.send(b"MAIL FROM:<a@x.test>\r\n")
+        check(c.reply().startswith(b"250"), "MAIL")
+        c.send(b"RSET\r\nAUTH PLAIN AGEAYg==\r\nSTARTTLS\r\n")
+        r = c.replies(3)
+        check(r[0].startswith(b"250") and r[1].startswith(b"530 5.7.0") and r[2].startswith(b"503"), r)
+        c.send(b"QUIT\r\n")
+        check(c.reply().startswith(b"221"), "QUIT")
+        c.close()
+        bed.wait_exit()
+        log = open(os.path.join(d, "mainlog"), "rb").read() if os.path.exists(os.path.join(d, "mainlog")) else b""
+        check(b"authenticat" not in log.lower() or b"A=plain" not in log, log[-500:])
+        check(not bed.leftovers(), "leftovers")
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test()
+def auth_after_helo_test_smtpd(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--auth",))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"HELO c\r\nEHLO c\r\n")
+        r = c.replies(2)
+        check(b"AUTH" not in r[1] and b"STARTTLS" not in r[1], r)
+        c.send(b"AUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@b>\r\nRSET\r\nAUTH LOGIN\r\nQUIT\r\n")
+        r = c.replies(5)
+        check(r[0].startswith(b"530") and r[3].startswith(b"530") and r[4].startswith(b"221"), r)
+        c.close()
+        finished(bed)
+        check(not any(x.upper().startswith("AUTH") for x in bed.commands()), bed.commands())
+    finally:
+        bed.close()
+
+
+LOOKALIKE = (b"From: a@x.test\r\nTo: b@local.test\r\nSubject: lookalikes\r\n\r\n"
+             b"AUTH PLAIN AGEAYg==\r\nSTARTTLS\r\nEHLO evil.test\r\nQUIT\r\nRSET\r\n"
+             + b"w" * 1498 + b"\r\n..leading dot\r\nlast line\r\n")
+
+
+@test()
+def exim_data_lookalikes(flavour, _):
+    bed, d = exim_bed(flavour, extra=EXIM_AUTH)
+    if d is None:
+        return bed
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO c.test\r\n")
+        c.reply()
+        for i in range(2):  # the session goes on after the first message
+            c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+            r = c.replies(3)
+            check(r[2].startswith(b"354"), r)
+            c.send(LOOKALIKE + b".\r\n")
+            check(c.reply().startswith(b"250"), "message %d not accepted" % i)
+        c.send(b"QUIT\r\n")
+        check(c.reply().startswith(b"221"), "QUIT")
+        c.close()
+        bed.wait_exit()
+        body = LOOKALIKE.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n").replace(b"\n..", b"\n.")
+        check(mbox(d).count(body) == 2, "bodies not delivered intact: %r" % mbox(d)[-300:])
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test()
+def data_lookalikes_test_smtpd(flavour, _):
+    bed = Bed(flavour)
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+        r = c.replies(4)
+        check(r[3].startswith(b"354"), r)
+        c.send(LOOKALIKE + b".\r\nNOOP\r\nQUIT\r\n")
+        r = c.replies(3)
+        check(r[0].startswith(b"250 2.0.0 queued") and r[1].startswith(b"250") and r[2].startswith(b"221"), r)
+        c.close()
+        finished(bed)
+        want = LOOKALIKE.replace(b"\r\n..", b"\r\n.")
+        check(sha256(os.path.join(bed.dir, "msg-1")) == hashlib.sha256(want).hexdigest(), "body differs")
+        check([x.split()[0] for x in bed.commands() if x][:5] == ["EHLO", "MAIL", "RCPT", "DATA", "From:"],
+              bed.commands()[:6])
+    finally:
+        bed.close()
+
+
+@test()
+def exim_bdat(flavour, _):
+    bed, d = exim_bed(flavour, extra=EXIM_AUTH)
+    if d is None:
+        return bed
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO c.test\r\n")
+        r = c.reply()
+        check(b"CHUNKING" in r, r)
+        # refused before MAIL: its chunk is consumed, not run
+        c.send(b"BDAT 6\r\nNOOP\r\n")
+        check(c.reply().startswith(b"503"), "BDAT before MAIL")
+        part1, part2 = LOOKALIKE[:100], LOOKALIKE[100:]
+        c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\n"
+               + b"BDAT %d\r\n" % len(part1) + part1 + b"BDAT %d LAST\r\n" % len(part2) + part2)
+        r = c.replies(4)
+        check(all(x.startswith(b"250") for x in r), r)
+        c.send(b"QUIT\r\n")
+        check(c.reply().startswith(b"221"), "QUIT")
+        c.close()
+        bed.wait_exit()
+        body = LOOKALIKE.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
+        check(body in mbox(d), "BDAT body not delivered intact: %r" % mbox(d)[-300:])
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test()
+def bdat_test_smtpd(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--ext", "CHUNKING"))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"BDAT 6\r\nNOOP\r\nEHLO c\r\n")
+        r = c.replies(2)
+        check(r[0].startswith(b"503") and b"CHUNKING" in r[1], r)
+        c.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 20\r\n" + LOOKALIKE[:20]
+               + b"BDAT %d LAST\r\n" % (len(LOOKALIKE) - 20) + LOOKALIKE[20:] + b"QUIT\r\n")
+        r = c.replies(5)
+        check(r[2].startswith(b"250 2.0.0 20 octets") and r[3].endswith(b"queued\r\n") and r[4].startswith(b"221"), r)
+        c.close()
+        finished(bed)
+        check(sha256(os.path.join(bed.dir, "msg-1")) == hashlib.sha256(LOOKALIKE).hexdigest(), "body differs")
+        check(not any(x.startswith("NOOP") for x in bed.commands()), bed.commands())
+    finally:
+        bed.close()
+
+
+@test()
+def long_command_lines(flavour, _):
+    mail = (b"MAIL FROM:<" + b"a" * 880 + b"@x.test> SIZE=1000 BODY=8BITMIME RET=HDRS "
+            b"ENVID=QQ314159 SMTPUTF8 AUTH=<>\r\n")
+    check(len(mail) >= 950, len(mail))
+    auth = b"AUTH PLAIN " + b"A" * 11987 + b"\r\n"
+    bed = Bed(flavour, ("-a",))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO c\r\n" + mail + b"RSET\r\n")
+        r = c.replies(3)
+        check(r[1] == b"250 2.1.0 sender ok\r\n", r)
+        c.send(auth)
+        check(c.reply().startswith(b"235"), "long AUTH")
+        c.send(b"QUIT\r\n")
+        c.reply()
+        c.close()
+        finished(bed)
+        check(bed.commands()[1].encode() + b"\r\n" == mail, "MAIL line changed")
+        check(len(bed.commands()[3]) == len(auth) - 2, "AUTH line changed")
+    finally:
+        bed.close()
+
+
+@test()
+def etrn_offered(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--ext", "ETRN"))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO c\r\n")
+        check(b"ETRN" in c.reply(), "ETRN not offered")
+        c.send(b"ETRN @example.org\r\nXFROB x\r\n")
+        r = c.replies(2)
+        check(r[0].startswith(b"250 2.0.0 queuing") and r[1].startswith(b"500 5.5.1"), r)
+        c.send(b"STARTTLS\r\n")  # ETRN did not decline TLS
+        check(c.reply().startswith(b"220"), "STARTTLS after ETRN")
+        c.starttls()
+        c.send(b"EHLO c\r\n")
+        c.reply()
+        c.send(b"QUIT\r\n")
+        c.reply()
+        c.close()
+        finished(bed, flavour == "s6")
+    finally:
+        bed.close()
+
+
+@test()
+def rset_421_is_the_answer(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--rset-421",))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"STARTTLS\r\n")
+        check(c.reply() == b"421 4.3.2 mx.test shutting down\r\n", "421 lost")
+        check(c.rest() == b"", "more after the 421")
+        c.close()
+        finished(bed)
+    finally:
+        bed.close()
+
+
+@test()
+def ehlo_cut_is_one_421(flavour, _):
+    bed = Bed(flavour, smtpd_opts=("--ehlo-cut",))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO c\r\n")
+        check(c.rest() == b"421 4.3.0 Mail server unavailable, closing connection\r\n", "not one 421")
+        c.close()
+    finally:
+        bed.close()
+
+
+@test()
+def smtpd_bytes_before_tls_dropped(flavour, _):
+    bed = Bed(flavour, ("-v", "2"), smtpd_opts=("--after-rset", "250 stray line from before TLS"))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"STARTTLS\r\n")
+        check(c.reply().startswith(b"220"), "no 220")
+        c.starttls()
+        c.send(b"EHLO c\r\n")
+        r = c.reply()
+        check(r.startswith(b"250-mx.test hello c"), r)  # not the stray line
+        c.send(b"QUIT\r\n")
+        check(c.reply().startswith(b"221"), "QUIT")
+        c.close()
+        finished(bed, flavour == "s6")
+        check("discarded 32 bytes the smtpd sent before the TLS handshake" in bed.stderr_text(),
+              bed.stderr_text())
+    finally:
+        bed.close()
+
+
+@test()
+def smtpd_death_always_421(flavour, _):
+    # after MAIL, the smtpd exits without a reply
+    bed = Bed(flavour, smtpd_opts=("--exit-at", "RCPT"))
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\n")
+        c.replies(2)
+        c.send(b"RCPT TO:<c@d>\r\n")
+        check(c.rest() == b"421 4.3.0 Mail server unavailable, closing connection\r\n", "no 421")
+        c.close()
+    finally:
+        bed.close()
+    # right after its greeting, with nothing owed
+    bed = Bed(flavour, app=[PROG, "sh", "-c", "printf '220 mx\\r\\n'; sleep 0.3"])
+    try:
+        c = Client(bed.port)
+        check(c.reply() == b"220 mx\r\n", "greeting")
+        check(c.rest() == b"421 4.3.0 Mail server unavailable, closing connection\r\n", "silent close")
+        c.close()
+    finally:
+        bed.close()

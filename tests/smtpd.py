@@ -16,6 +16,10 @@ its open fds in DIR/fds. Options:
   --ehlo-pad N   make the EHLO reply's first line N octets longer
   --idle-421 MS  after MS without a command, say 421 unasked and exit
   --unique       name message files msg-PID-N (many smtpds share DIR)
+  --ext KEYWORD  one more EHLO keyword (ETRN, CHUNKING: BDAT works then)
+  --rset-421     answer RSET with 421 and exit
+  --ehlo-cut     send the first two lines of the EHLO reply, then exit
+  --after-rset T send the line T unasked right after the reply to RSET
 A "|" in the greeting separates lines.
 """
 import os
@@ -27,11 +31,14 @@ args = sys.argv[1:]
 out_dir = args.pop(0)
 opt = {"single": False, "auth": False, "starttls": False, "greeting": "220 mx.test ESMTP test",
        "exit-at": None, "slow": 0, "help-lines": 3, "ehlo-pad": 0,
-       "idle-421": 0, "unique": False}
+       "idle-421": 0, "unique": False, "ext": [], "rset-421": False, "ehlo-cut": False,
+       "after-rset": None}
 while args:
     a = args.pop(0)[2:]
-    if a in ("single", "auth", "starttls", "unique"):
+    if a in ("single", "auth", "starttls", "unique", "rset-421", "ehlo-cut"):
         opt[a] = True
+    elif a == "ext":
+        opt[a].append(args.pop(0))
     else:
         opt[a] = args.pop(0)
 
@@ -74,6 +81,7 @@ if int(opt["idle-421"]):
 reply(opt["greeting"].replace("|", "\r\n") + "\r\n")
 mail = False
 rcpts = 0
+inbdat = False  # a BDAT message has begun
 nmsg = len([n for n in os.listdir(out_dir) if n.startswith("msg-")])
 while True:
     line = inp.readline(100000)
@@ -97,9 +105,14 @@ while True:
                 ext.append("AUTH PLAIN LOGIN")
             if opt["starttls"]:
                 ext.append("STARTTLS")
+            ext += opt["ext"]
             lines = ["mx.test hello " + arg + "x" * int(opt["ehlo-pad"])] + ext
-            reply("".join("250%s%s\r\n" % ("-" if i < len(lines) - 1 else " ", l)
-                          for i, l in enumerate(lines)))
+            text = "".join("250%s%s\r\n" % ("-" if i < len(lines) - 1 else " ", l)
+                           for i, l in enumerate(lines))
+            if opt["ehlo-cut"]:
+                reply("".join(text.splitlines(True)[:2]))
+                sys.exit(0)
+            reply(text)
     elif verb == "HELO":
         mail = False
         reply("250 mx.test\r\n")
@@ -132,7 +145,12 @@ while True:
         reply("250 2.0.0 queued as %d\r\n" % nmsg)
     elif verb == "RSET":
         mail = False
+        if opt["rset-421"]:
+            reply("421 4.3.2 mx.test shutting down\r\n")
+            sys.exit(0)
         reply("250 2.0.0 flushed\r\n")
+        if opt["after-rset"]:
+            reply(opt["after-rset"] + "\r\n")
     elif verb == "NOOP":
         reply("250 2.0.0 ok\r\n")
     elif verb == "HELP":
@@ -145,6 +163,16 @@ while True:
     elif verb == "QUIT":
         reply("221 2.0.0 bye\r\n")
         break
+    elif verb == "BDAT" and "CHUNKING" in opt["ext"]:
+        size, last = arg.split(" ")[0], arg.upper().endswith("LAST")
+        chunk = inp.read(int(size))
+        nmsg += 0 if inbdat else 1
+        inbdat = not last
+        with open(os.path.join(out_dir, "msg-%d" % nmsg), "ab") as body:
+            body.write(chunk)
+        reply("250 2.0.0 %d octets%s\r\n" % (len(chunk), " queued" if last else ""))
+    elif verb == "ETRN" and "ETRN" in opt["ext"]:
+        reply("250 2.0.0 queuing for %s started\r\n" % arg)
     elif verb in ("VRFY", "EXPN"):
         reply("252 2.1.5 cannot verify\r\n")
     else:
