@@ -29,6 +29,7 @@ static int ctlfd, readfd, writefd;
 static struct smtp engine;
 static int smtpd_r = -1, smtpd_w = -1; /* our ends of the smtpd's pipes */
 static int execfail_r = -1; /* a byte here: the exec failed, and the parent said so */
+static pid_t smtpd_pid;      /* our parent, the smtpd */
 
 /* Exits with every descriptor we opened closed, so a leak checker sees
  * only what we were given. */
@@ -176,13 +177,14 @@ static void smtpd(char **argv, int in, int out, int p[6])
  * then kills the smtpd, which may still be writing its log or its queue. */
 static void await_smtpd(int sr, long long deadline)
 {
-  pid_t smtpd = getppid();
   char junk[512];
   if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
-  while (io_wait(sr, POLLIN, deadline) > 0)
-    if (read(sr, junk, sizeof junk) <= 0 && !again()) break;
+  while (io_wait(sr, POLLIN, deadline) > 0) {
+    ssize_t n = read(sr, junk, sizeof junk);
+    if (!n || (n < 0 && !again())) break;
+  }
   /* its stdout is closed; the exit follows at once, and makes us an orphan */
-  while (getppid() == smtpd && io_left(deadline)) poll(NULL, 0, 1);
+  while (getppid() == smtpd_pid && io_left(deadline)) poll(NULL, 0, 1);
 }
 
 static void finish(int sr)
@@ -360,6 +362,7 @@ int main(int argc, char **argv)
   if (pid < 0) fatal(111, "fork: %s", strerror(errno));
   if (pid) smtpd(argv, toserver[0], fromserver[1], p);
   signal(SIGPIPE, SIG_IGN);
+  smtpd_pid = getppid();
   close(toserver[0]);
   close(fromserver[1]);
   close(execfail[1]);
