@@ -700,8 +700,8 @@ static int server_gone(struct smtp *e)
   e->hasheld = 0;
   e->inreply = 0;
   e->exitcode = e->qlen ? 1 : 0;
-  if (!e->qlen && !e->quit && !e->cin_eof && memcmp(e->lastcode, "221", 3)
-      && memcmp(e->lastcode, "421", 3))
+  if (!e->qlen && !e->quit && !e->cin_eof && memcmp(e->lastcode, "221", 3) != 0
+      && memcmp(e->lastcode, "421", 3) != 0)
     qpush(e, Q_LOCAL + R_GONE);
   for (i = 0; i < e->qlen; i++) qset(e, i, Q_LOCAL + R_GONE);
   e->qspecial = e->qlen;
