@@ -232,8 +232,16 @@ static void relay(int sr, int sw)
     info("unable to exec s6-ioconnect: %s: using the built-in relay", strerror(errno));
   }
   res = relay_run(0, 1, sr, sw, relaytimeout, relaytimeout ? relaytimeout : timeout);
-  if (res == RELAY_ERROR) fatal(111, "relay: %s", strerror(errno));
-  if (res == RELAY_TIMEOUT) warn("relay: no traffic for %lu ms: closing", relaytimeout ? relaytimeout : timeout);
+  switch (res) {
+  case RELAY_ERROR: fatal(111, "relay: %s", strerror(errno));
+  case RELAY_IDLE: warn("relay: no traffic for %lu ms: closing", relaytimeout); break;
+  case RELAY_STALLED: warn("relay: the client read nothing for %lu ms: closing", relaytimeout); break;
+  case RELAY_DRAIN:
+    warn("relay: the client's side still open %lu ms after the smtpd's output ended: closing",
+         relaytimeout ? relaytimeout : timeout);
+    break;
+  case RELAY_OK: break;
+  }
   leave(res == RELAY_OK ? 0 : 99);
 }
 
