@@ -14,7 +14,7 @@ from bed import PROG, WORK, Bed, Client, sha256
 
 TESTS = []
 FLAVOURS = ("s6", "sslserver")
-RELAYS = (("ioconnect", ()), ("builtin", ("-B",)))
+RELAYS = (("default", ()), ("ioconnect", ("-S",)))
 SECRETS = ("SSLCTLFD", "SSLREADFD", "SSLWRITEFD", "CERTFILE", "KEYFILE", "CAFILE", "CADIR",
            "TLS_UID", "TLS_GID", "KEYFILE:", "CERTFILE:")
 
@@ -385,6 +385,13 @@ def usage(_, __):
         code, err = run_direct({}, args)
         check(code == 100, "%s: exit %d" % (args, code))
         check(len(err.splitlines()) == 1 and err.startswith("smtpd-starttls-proxy-io: fatal: "), err)
+    # values the clock arithmetic cannot hold are refused, not wrapped
+    for opt, value in (("-t", "9223372036854775807"), ("-T", "18446744073709551609"),
+                       ("-t", "2147483648"), ("-T", "99999999999999999999999")):
+        code, err = run_direct({}, [opt, value, "true"])
+        check(code == 100, "%s %s: exit %d" % (opt, value, code))
+        check(err == "smtpd-starttls-proxy-io: fatal: %s wants a decimal number of milliseconds"
+              " up to 2147483647\n" % opt, err)
 
 
 # --- edge cases measured on the reference implementation (issue 7) ---
