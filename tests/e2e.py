@@ -1104,3 +1104,172 @@ def load_200_sessions(flavour, ropts):
             print("  load: %d sessions, proxy peak RSS %d KiB" % (n, peak[0]))
     finally:
         bed.close()
+
+
+# --- every session ends in bounded time (issue 11) ---
+
+SLACK = 4  # seconds a loaded machine may add to a bound
+
+
+def ours_gone(bed, by):
+    """Waits until the proxy and the smtpd are gone, or time.time() passes
+    by; returns the time they were. The test server's own TLS engine may
+    outlive them while the client holds the connection, as a real one does."""
+    while True:
+        left = [p for p in bed.leftovers(timeout=0) if "ucspitlsd.py" not in cmdline(p)]
+        if not left:
+            return time.time()
+        check(time.time() < by, "still running: %s" % [cmdline(p) for p in left])
+        time.sleep(0.05)
+
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def one_warning(bed, words=""):
+    """The end was logged as exactly one warning line, saying words (the
+    test smtpd's own complaints about a broken pipe aside)."""
+    err = [l for l in bed.stderr_text().splitlines() if l.startswith("smtpd-starttls-proxy-io")]
+    check(len(err) == 1 and err[0].startswith("smtpd-starttls-proxy-io: warning: ") and words in err[0],
+          err)
+
+
+def small_window_client(port):
+    """A client whose receive buffer is small, so that it fills soon."""
+    c = Client.__new__(Client)
+    c.buf = b""
+    c.sock = socket.socket()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.sock.settimeout(10)
+    c.sock.connect(("127.0.0.1", port))
+    return c
+
+
+@test()
+def zero_window_after_helo(flavour, _):
+    """The client says HELO, asks for much, and reads nothing. The smtpd's
+    write timeout ends it; from then on the drain bound (-t here, -T not
+    given) ends everything, though the client's window stays closed."""
+    bed = Bed(flavour, ("-t", "1500"), smtpd_opts=("--write-timeout", "1000", "--help-lines", "1000"))
+    try:
+        c = small_window_client(bed.port)
+        c.reply()
+        c.send(b"HELO x\r\n")
+        check(c.reply() == b"250 mx.test\r\n", "HELO")
+        c.send(b"HELP\r\n" * 1000)
+        end = time.time() + 30
+        while bed.file("write-timeout") is None:
+            check(time.time() < end, "the smtpd never timed out writing")
+            time.sleep(0.05)
+        smtpd_end = float(bed.file("write-timeout"))
+        gone = ours_gone(bed, smtpd_end + 1.5 + SLACK)
+        check(gone - smtpd_end < 1.5 + SLACK, "gone %.1fs after the smtpd" % (gone - smtpd_end))
+        one_warning(bed)
+        c.close()
+        check(not bed.leftovers(), "leftovers")
+    finally:
+        bed.close()
+
+
+def trickle_after_quit(flavour, ropts, tls):
+    """After QUIT and its 221 the client sends a byte every 400 ms and never
+    closes: all ends within the drain bound (-t 1000) of the smtpd's end."""
+    bed = Bed(flavour, ("-t", "1000") + ropts)
+    try:
+        c = Client(bed.port)
+        c.reply()
+        if tls:
+            c.send(b"STARTTLS\r\n")
+            c.reply()
+            c.starttls()
+            c.send(b"EHLO x\r\n")
+        else:
+            c.send(b"HELO x\r\n")
+        c.reply()
+        c.send(b"QUIT\r\n")
+        check(c.reply() == b"221 2.0.0 bye\r\n", "no 221")
+        t0 = time.time()
+        while [p for p in bed.leftovers(timeout=0) if "ucspitlsd.py" not in cmdline(p)]:
+            check(time.time() - t0 < 1 + SLACK, "still running %.1fs after the 221" % (time.time() - t0))
+            try:
+                c.send(b"x")
+            except (OSError, ssl.SSLError):
+                pass
+            time.sleep(0.4)
+        err = [l for l in bed.stderr_text().splitlines() if l.startswith("smtpd-starttls-proxy-io")]
+        check(len(err) <= 1 and all(l.startswith("smtpd-starttls-proxy-io: warning: ") for l in err), err)
+        c.close()
+        check(not bed.leftovers(), "leftovers")
+    finally:
+        bed.close()
+
+
+@test(relays=True)
+def trickle_after_quit_plain(flavour, ropts):
+    return trickle_after_quit(flavour, ropts, False)
+
+
+@test(relays=True)
+def trickle_after_quit_tls(flavour, ropts):
+    return trickle_after_quit(flavour, ropts, True)
+
+
+@test(relays=True)
+def idle_after_commit(flavour, ropts):
+    """Idle once committed (MAIL in plaintext, TLS, mid-DATA): ended after
+    the idle bound (-T 1000), by the relay or the engine (-t 1000)."""
+    for state in ("mail", "tls", "mid_data"):
+        bed = Bed(flavour, ("-t", "1000", "-T", "1000") + ropts)
+        try:
+            c = Client(bed.port)
+            c.reply()
+            if state != "mail":
+                c.send(b"STARTTLS\r\n")
+                c.reply()
+                c.starttls()
+            c.send(b"EHLO x\r\n")
+            c.reply()
+            if state != "tls":
+                c.send(b"MAIL FROM:<a@x.test>\r\n")
+                c.reply()
+            if state == "mid_data":
+                c.send(b"RCPT TO:<b@y.test>\r\nDATA\r\n")
+                c.replies(2)
+                c.send(b"Subject: idle\r\n\r\nhalf a")
+            t0 = time.time()
+            try:
+                rest = c.rest()
+            except (OSError, ssl.SSLError) as e:
+                rest = repr(e).encode()
+            took = time.time() - t0
+            check(rest in (b"", b"421 4.4.2 Timeout, closing connection\r\n"), (state, rest))
+            check(0.9 < took < 1 + SLACK, "%s: EOF after %.1fs" % (state, took))
+            ours_gone(bed, time.time() + SLACK)
+            if ropts != ("-S",):  # s6-ioconnect ends without a word
+                one_warning(bed, "no traffic for 1000 ms: closing")
+            c.close()
+            check(not bed.leftovers(), "%s: leftovers" % state)
+        finally:
+            bed.close()
+
+
+@test(relays=True)
+def longest_timeouts(flavour, ropts):
+    """The longest -t and -T accepted, in a session that reaches the relay
+    and its drain: the clock arithmetic holds them (UBSan in check-asan)."""
+    bed = Bed(flavour, ("-t", "2147483647", "-T", "2147483647") + ropts)
+    try:
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
+            s.ehlo("client.test")
+            s.starttls(context=tls_context())
+            s.ehlo("client.test")
+            s.sendmail("a@x.test", ["b@y.test"], message())
+        finished(bed, flavour == "s6")
+        quiet(bed)
+    finally:
+        bed.close()
