@@ -61,8 +61,8 @@ check-asan:
 	INSTRUMENTED=1 $(MAKE) CFLAGS="-std=c99 -Wall -Wextra -pedantic $(SANFLAGS)" \
 	  LDFLAGS="$(SANFLAGS)" check
 
-# the proxy's sessions under memcheck with descriptor tracking (built-in relay)
-VGTESTS = smtplib ,builtin] ref requiretls auth_ plainauth verbose starttls_injection \
+# the proxy's sessions under memcheck with descriptor tracking (default relay)
+VGTESTS = smtplib ,default] ref requiretls auth_ plainauth verbose starttls_injection \
 	session_timeout handshake_failure
 check-valgrind: $(PROG)
 	VALGRIND=1 INSTRUMENTED=1 BIG_MB=2 LOSS_SESSIONS=20 LOAD_SESSIONS=20 $(PYTHON) tests/run.py --e2e $(VGTESTS)
@@ -73,7 +73,7 @@ check-copy:
 	$(MAKE) clean
 	$(MAKE) CPPFLAGS="$(CPPFLAGS) -DRELAY_NO_SPLICE" $(PROG)
 	if nm $(PROG) | grep splice; then echo "check-copy: splice is linked in"; exit 1; fi
-	$(PYTHON) tests/run.py --e2e ,builtin] ref11
+	$(PYTHON) tests/run.py --e2e ,default] ref11
 	$(MAKE) clean
 
 # libFuzzer on the SMTP engine (clang, libclang-rt-14-dev); FUZZTIME seconds

@@ -16,14 +16,17 @@
 #include "ucspitls.h"
 
 #define PROG "smtpd-starttls-proxy-io"
-#define USAGE "usage: " PROG " [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -r ] [ -a ] [ -B ] [ -- ] smtpd [ args... ]"
+#define USAGE "usage: " PROG " [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -r ] [ -a ] [ -B | -S ] [ -- ] smtpd [ args... ]"
 
 extern char **environ;
 
 static unsigned long verbosity = 1;
 static unsigned long timeout = 300000;
-static unsigned long relaytimeout;
-static int builtin;
+/* RFC 5321 4.5.3.2.6: a server waits 10 minutes for the end of DATA, the
+ * longest wait it owes a client; the relay cannot tell a command from data */
+static unsigned long relaytimeout = 600000;
+static int relaytimeout_given;
+static int ioconnect;
 static unsigned flags;
 static int ctlfd, readfd, writefd;
 static struct smtp engine;
@@ -72,18 +75,31 @@ static void usage(void)
   _exit(100);
 }
 
-static unsigned long number(const char *s, char opt)
+/* The longest timeout: poll(2) waits at most this long in one call, and
+ * the clock's milliseconds plus this much are far from overflowing. */
+#define TIMEOUTMAX 2147483647UL
+
+static unsigned long number(const char *s, char opt, unsigned long max)
 {
   unsigned long v = 0;
   if (!s || !*s) usage();
   for (; *s; s++) {
-    if (*s < '0' || *s > '9' || v > (~0UL - 9) / 10) {
-      say(0, "fatal", "-%c wants a decimal number of milliseconds or a level", opt);
+    unsigned long d = (unsigned long)(*s - '0');
+    if (*s < '0' || *s > '9' || v > (max - d) / 10) {
+      if (opt == 'v') say(0, "fatal", "-v wants a decimal level");
+      else say(0, "fatal", "-%c wants a decimal number of milliseconds up to %lu", opt, max);
       _exit(100);
     }
-    v = v * 10 + (unsigned long)(*s - '0');
+    v = v * 10 + d;
   }
   return v;
+}
+
+/* Once the smtpd's output has ended, everything ends within this. */
+static unsigned long drainbound(void)
+{
+  if (relaytimeout_given) return relaytimeout;
+  return timeout ? timeout : relaytimeout;
 }
 
 /* POSIX getopt would do, but GNU's permutes arguments: the smtpd's own
@@ -98,14 +114,15 @@ static char **options(char **argv)
       switch (c) {
       case 'r': flags |= SMTP_REQUIRETLS; break;
       case 'a': flags |= SMTP_PLAINAUTH; break;
-      case 'B': builtin = 1; break;
+      case 'B': ioconnect = 0; break;
+      case 'S': ioconnect = 1; break;
       case 'v': case 't': case 'T': {
         unsigned long v;
         const char *arg = s[1] ? s + 1 : *++argv;
-        v = number(arg, c);
+        v = number(arg, c, c == 'v' ? ~0UL : TIMEOUTMAX);
         if (c == 'v') verbosity = v;
         else if (c == 't') timeout = v;
-        else relaytimeout = v;
+        else { relaytimeout = v; relaytimeout_given = 1; }
         s = arg + strlen(arg) - 1;
         break;
       }
@@ -192,7 +209,7 @@ static void finish(int sr)
   const char *out;
   size_t n = smtp_client_output(&engine, &out), done = 0;
   int code = smtp_exitcode(&engine);
-  long long deadline = io_deadline(timeout);
+  long long deadline = io_deadline(drainbound());
   char c;
   io_writeall(1, out, n, &done, deadline);
   await_smtpd(sr, deadline);
@@ -259,13 +276,26 @@ static void relay(int sr, int sw)
     if (relay_preload(RELAY_TOCLIENT, l.toclient[i], l.toclientlen[i]) < 0
         || relay_preload(RELAY_TOSERVER, l.toserver[i], l.toserverlen[i]) < 0)
       fatal(111, "relay buffers too small for the leftovers");
-  if (!builtin && !relay_flush(1, sw, io_deadline(timeout))) {
-    relay_exec(sr, sw, relaytimeout);
-    info("unable to exec s6-ioconnect: %s: using the built-in relay", strerror(errno));
+  if (ioconnect) {
+    /* s6-ioconnect starts with empty buffers: the leftovers go first */
+    if (!relay_flush(1, sw, io_deadline(relaytimeout))) {
+      relay_exec(sr, sw, relaytimeout);
+      info("unable to exec s6-ioconnect: %s: using the built-in relay", strerror(errno));
+    } else if (errno == ETIMEDOUT) {
+      warn("relay: the engine's last bytes found no reader for %lu ms: closing", relaytimeout);
+      leave(99);
+    }
   }
-  res = relay_run(0, 1, sr, sw, relaytimeout, relaytimeout ? relaytimeout : timeout);
-  if (res == RELAY_ERROR) fatal(111, "relay: %s", strerror(errno));
-  if (res == RELAY_TIMEOUT) warn("relay: no traffic for %lu ms: closing", relaytimeout ? relaytimeout : timeout);
+  res = relay_run(0, 1, sr, sw, relaytimeout, drainbound());
+  switch (res) {
+  case RELAY_ERROR: fatal(111, "relay: %s", strerror(errno));
+  case RELAY_IDLE: warn("relay: no traffic for %lu ms: closing", relaytimeout); break;
+  case RELAY_STALLED: warn("relay: the client read nothing for %lu ms: closing", relaytimeout); break;
+  case RELAY_DRAIN:
+    warn("relay: the client's side still open %lu ms after the smtpd's output ended: closing", drainbound());
+    break;
+  case RELAY_OK: break;
+  }
   leave(res == RELAY_OK ? 0 : 99);
 }
 

@@ -102,6 +102,10 @@ static void endflow(struct flow *f, int samefd)
   else if (!samefd) close(f->to);
 }
 
+/* What moveflow() did: read from the source, wrote to the destination. */
+#define MOVED_IN 1
+#define MOVED_OUT 2
+
 static int moveflow(struct flow *f, short rev, short wev)
 {
   ssize_t r;
@@ -112,7 +116,7 @@ static int moveflow(struct flow *f, short rev, short wev)
    * CPU. Leftovers from the engine go first, by write. */
   if (f->splice && !f->dead && f->len == 0 && (rev || (f->full && wev))) {
     r = splice(f->from, NULL, f->to, NULL, RELAY_BUFSIZE, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    if (r > 0) { f->full = 0; return 1; }
+    if (r > 0) { f->full = 0; return MOVED_IN | MOVED_OUT; }
     if (!r) { f->eof = 1; return 0; }
     if (errno == EINTR) return 0;
     if (errno == EAGAIN && rev) { f->full = 1; return 0; } /* readable, so the destination is full */
@@ -126,7 +130,7 @@ static int moveflow(struct flow *f, short rev, short wev)
   if (rev) {
     size_t at = f->dead ? 0 : f->len;
     r = read(f->from, f->buf + at, RELAY_BUFSIZE - at < RELAY_CHUNK ? RELAY_BUFSIZE - at : RELAY_CHUNK);
-    if (r > 0) { moved = 1; if (!f->dead) f->len += (size_t)r; }
+    if (r > 0) { moved = MOVED_IN; if (!f->dead) f->len += (size_t)r; }
     else if (!r || (errno != EINTR && errno != EAGAIN)) f->eof = 1;
   }
   /* what was just read is written at once: the fd is non-blocking, and
@@ -134,7 +138,7 @@ static int moveflow(struct flow *f, short rev, short wev)
   if ((wev || moved) && f->len > f->off && !f->dead) {
     r = write(f->to, f->buf + f->off, f->len - f->off);
     if (r > 0) {
-      moved = 1;
+      moved |= MOVED_OUT;
       f->off += (size_t)r;
       if (f->off == f->len) f->off = f->len = 0;
     } else if (r < 0 && errno != EINTR && errno != EAGAIN) {
@@ -145,13 +149,25 @@ static int moveflow(struct flow *f, short rev, short wev)
   return moved;
 }
 
-enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
-                            unsigned long timeout, unsigned long draintimeout)
+/* Bytes wait for the destination, here or (splice) in the source pipe. */
+static int waiting(const struct flow *f)
 {
-  int fds[4], fl[4], i, saved;
+  return !f->dead && (f->len > f->off || f->full);
+}
+
+/* The earlier of two deadlines, 0 being none. */
+static long long sooner(long long a, long long b)
+{
+  return !a ? b : !b || a < b ? a : b;
+}
+
+enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
+                            unsigned long idle, unsigned long drain)
+{
+  int fds[4], fl[4], i, saved, hup = 0, draining = 0;
   struct flow *up = &flows[RELAY_TOSERVER], *down = &flows[RELAY_TOCLIENT];
   enum relay_result res = RELAY_OK;
-  long long deadline;
+  long long idleend, stallend = 0, drainend = 0;
   fds[0] = cfdr; fds[1] = cfdw; fds[2] = sfdr; fds[3] = sfdw;
   /* all flags are read before any is set: 0 and 1 may share one socket */
   for (i = 0; i < 4; i++) fl[i] = fcntl(fds[i], F_GETFL);
@@ -162,10 +178,11 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
   up->splice = ispipe(cfdr) || ispipe(sfdw);
   down->splice = ispipe(sfdr) || ispipe(cfdw);
 #endif
-  deadline = io_deadline(timeout);
+  idleend = io_deadline(idle);
   for (;;) {
     struct pollfd p[4];
-    int r;
+    long long deadline;
+    int r, movedup, moveddown;
     if (up->eof && up->len == up->off && !up->ended) endflow(up, 0);
     if (down->eof && down->len == down->off && !down->ended) endflow(down, cfdw == cfdr);
     if (up->ended && down->ended) break;
@@ -173,28 +190,45 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
       /* the smtpd is done: whatever the client still says goes nowhere */
       up->dead = 1;
       up->off = up->len = 0;
-      if (timeout != draintimeout) deadline = io_deadline(draintimeout);
     }
+    /* From the end of the smtpd's output, a fixed time for the rest, that
+     * neither a client's trickle nor its closed window can stretch. Its
+     * pipe hanging up is that end too, with bytes still unread in it. */
+    if ((down->eof || hup) && !draining) {
+      draining = 1;
+      drainend = io_deadline(drain);
+    }
+    if (!waiting(down)) stallend = 0;
+    else if (!stallend) stallend = io_deadline(idle);
+    /* checked with every turn, not only when poll times out: a client
+     * that sends keeps poll from ever timing out */
+    if (drainend && !io_left(drainend)) { res = RELAY_DRAIN; break; }
+    if (stallend && !io_left(stallend)) { res = RELAY_STALLED; break; }
+    if (idleend && !io_left(idleend)) { res = RELAY_IDLE; break; }
+    deadline = sooner(sooner(idleend, stallend), drainend);
     p[0].fd = cfdr; p[0].events = !up->eof && !up->full && (up->dead || up->len < RELAY_BUFSIZE) ? POLLIN : 0;
     p[1].fd = sfdw; p[1].events = (up->len > up->off || up->full) && !up->dead ? POLLOUT : 0;
     p[2].fd = sfdr; p[2].events = !down->eof && !down->full && (down->dead || down->len < RELAY_BUFSIZE) ? POLLIN : 0;
     p[3].fd = cfdw; p[3].events = (down->len > down->off || down->full) && !down->dead ? POLLOUT : 0;
     for (i = 0; i < 4; i++) if (!p[i].events) p[i].fd = -1;
+    /* not read for now, the smtpd's pipe is still watched for its hang-up,
+     * which poll reports with no event asked */
+    if (!p[2].events && !down->eof && !hup) p[2].fd = sfdr;
     r = poll(p, 4, io_left(deadline));
     if (r < 0) {
       if (errno == EINTR) continue;
       res = RELAY_ERROR;
       break;
     }
-    if (!r) {
-      if (io_left(deadline)) continue;
-      res = RELAY_TIMEOUT;
-      break;
+    if (!r) continue;
+    if (!p[2].events && p[2].revents) {
+      hup = 1;
+      p[2].revents = 0;
     }
-    if (moveflow(up, p[0].revents, p[1].revents) | moveflow(down, p[2].revents, p[3].revents)) {
-      if (down->ended) deadline = io_deadline(draintimeout);
-      else deadline = io_deadline(timeout);
-    }
+    movedup = moveflow(up, p[0].revents, p[1].revents);
+    moveddown = moveflow(down, p[2].revents, p[3].revents);
+    if (movedup | moveddown) idleend = io_deadline(idle);
+    if (moveddown & MOVED_OUT) stallend = 0;
   }
   saved = errno;
   for (i = 0; i < 4; i++) if (fl[i] >= 0) fcntl(fds[i], F_SETFL, fl[i]);

@@ -8,7 +8,13 @@
 #define RELAY_BUFSIZE 65536 /* per direction; holds the engine's leftovers too */
 
 enum relay_dir { RELAY_TOSERVER, RELAY_TOCLIENT };
-enum relay_result { RELAY_OK, RELAY_TIMEOUT, RELAY_ERROR };
+enum relay_result {
+  RELAY_OK,
+  RELAY_IDLE,    /* no byte moved for the idle bound */
+  RELAY_STALLED, /* the client took no byte for the idle bound while some waited for it */
+  RELAY_DRAIN,   /* the drain bound passed after the smtpd's output ended */
+  RELAY_ERROR
+};
 
 /* Queues n bytes to go out in direction d before anything relayed.
  * Returns 0, or -1 if they do not fit. */
@@ -25,11 +31,14 @@ void relay_exec(int sfdr, int sfdw, unsigned long timeout);
 
 /* The built-in relay: client cfdr -> sfdw and sfdr -> cfdw, queued bytes
  * first, until both directions have ended; EOF is passed on by close (pipe)
- * or shutdown (socket). timeout: idle ms (0: none). Once the smtpd's side
- * has ended, the client's is read and discarded until its EOF, so that a TLS
- * engine never loses its pipe while it still holds our last bytes; draintimeout
- * bounds that wait. Descriptor flags are as they were on return. */
+ * or shutdown (socket). idle: ms with no byte moved, or with bytes waiting
+ * for a client that takes none, before giving up (0: never). Once the
+ * smtpd's side has ended, the client's is read and discarded until its EOF,
+ * so that a TLS engine never loses its pipe while it still holds our last
+ * bytes; from the end of the smtpd's output, everything ends within drain
+ * ms (0: no bound), whatever the client does. Descriptor flags are as they
+ * were on return. */
 enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
-                            unsigned long timeout, unsigned long draintimeout);
+                            unsigned long idle, unsigned long drain);
 
 #endif

@@ -16,19 +16,18 @@ build() {
 }
 cp smtpd-starttls-proxy-io "$w/proxy"
 strip "$w/proxy"
-set -- floor=floor
+set -- floor=floor default="$w/proxy"
 if command -v s6-ioconnect >/dev/null; then
-  set -- "$@" ioconnect="$w/proxy"
+  set -- "$@" ioconnect="$w/proxy,-S"
 else
-  echo "bench: s6-ioconnect not found: no ioconnect contender" >&2
+  echo "bench: s6-ioconnect not found: no ioconnect (-S) contender" >&2
 fi
-set -- "$@" builtin="$w/proxy,-B"
 # the relay's portable path, as on systems without splice(2)
 build proxy-copy "${CC:-cc}" -DRELAY_NO_SPLICE
-set -- "$@" builtin-copy="$w/proxy-copy,-B"
+set -- "$@" copy="$w/proxy-copy"
 if command -v musl-gcc >/dev/null; then
   build proxy-static musl-gcc -static
-  set -- "$@" builtin-static="$w/proxy-static,-B"
+  set -- "$@" static="$w/proxy-static"
 else
   echo "bench: musl-gcc not found: no static contender" >&2
 fi

@@ -88,11 +88,14 @@ def main():
         t0 = time.time()
         del bed.CLOSED[:]
         try:
-            skip = fn(*args)
-            if skip:
-                record(name, "skipped", skip)
+            ret = fn(*args)
+            took = "%.1fs" % (time.time() - t0) if time.time() - t0 > 5 else ""
+            if isinstance(ret, e2e.Passed):
+                record(name, "passed", "; ".join(x for x in (ret, took) if x))
+            elif ret:
+                record(name, "skipped", ret)
             else:
-                record(name, "passed", "%.1fs" % (time.time() - t0) if time.time() - t0 > 5 else "")
+                record(name, "passed", took)
         except Exception as ex:  # one broken test must not stop the others
             tb = traceback.format_exc().strip().splitlines()
             record(name, "failed", "%s: %s | %s" % (type(ex).__name__, ex, " / ".join(tb[-4:-1])))

@@ -20,9 +20,12 @@ its open fds in DIR/fds. Options:
   --rset-421     answer RSET with 421 and exit
   --ehlo-cut     send the first two lines of the EHLO reply, then exit
   --after-rset T send the line T unasked right after the reply to RSET
+  --write-timeout MS  exit when a reply could not be written for MS, as
+                 qmail-smtpd does; the time of that exit goes in DIR/write-timeout
 A "|" in the greeting separates lines.
 """
 import os
+import select
 import signal
 import sys
 import time
@@ -32,7 +35,7 @@ out_dir = args.pop(0)
 opt = {"single": False, "auth": False, "starttls": False, "greeting": "220 mx.test ESMTP test",
        "exit-at": None, "slow": 0, "help-lines": 3, "ehlo-pad": 0,
        "idle-421": 0, "unique": False, "ext": [], "rset-421": False, "ehlo-cut": False,
-       "after-rset": None}
+       "after-rset": None, "write-timeout": 0}
 while args:
     a = args.pop(0)[2:]
     if a in ("single", "auth", "starttls", "unique", "rset-421", "ehlo-cut"):
@@ -65,8 +68,21 @@ with open(os.path.join(out_dir, "env"), "w") as f:
 def reply(s):
     if int(opt["slow"]):
         time.sleep(int(opt["slow"]) / 1000)
-    outp.write(s.encode() if isinstance(s, str) else s)
-    outp.flush()
+    data = s.encode() if isinstance(s, str) else s
+    if not int(opt["write-timeout"]):
+        outp.write(data)
+        outp.flush()
+        return
+    os.set_blocking(1, False)
+    while data:
+        if not select.select([], [1], [], int(opt["write-timeout"]) / 1000)[1]:
+            with open(os.path.join(out_dir, "write-timeout"), "w") as f:
+                f.write("%f\n" % time.time())
+            os._exit(1)
+        try:
+            data = data[os.write(1, data):]
+        except BlockingIOError:
+            pass
 
 
 def idle(*_):

@@ -1,7 +1,8 @@
 /* Unit tests of the built-in relay over real sockets and pipes: bytes
  * exact and in order behind the engine's leftovers, EOF passed on in each
  * direction alone, a dead smtpd stdin, the drain after the smtpd is done,
- * the idle timeout, descriptor flags restored. Built twice: as test_relay
+ * bounded whatever the client does, the idle and stall bounds, descriptor
+ * flags restored. Built twice: as test_relay
  * with the Linux splice(2) path where there is one, and as test_relay_copy
  * with -DRELAY_NO_SPLICE, the portable read/write path. */
 #include <errno.h>
@@ -244,7 +245,7 @@ static void drain_timeout(void)
   close(r.smtpd_r);
   CHECK_STR(text(r.client_r), "221 bye\r\n");
   CHECK(waitpid(r.relay, NULL, WNOHANG) == 0); /* the EOF came before the relay ended */
-  CHECK(rig_wait(&r) == RELAY_TIMEOUT);
+  CHECK(rig_wait(&r) == RELAY_DRAIN);
   CHECK(io_now() - t0 >= 900 && io_now() - t0 < 5000);
   close(r.client_r);
 }
@@ -256,12 +257,107 @@ static void idle_timeout(void)
   rig_open(&r, 1);
   rig_start(&r, "", "", 200, 200);
   rig_detach(&r);
-  CHECK(rig_wait(&r) == RELAY_TIMEOUT);
+  CHECK(rig_wait(&r) == RELAY_IDLE);
   CHECK(io_now() - t0 >= 150 && io_now() - t0 < 5000);
   close(r.client_w);
   close(r.client_r);
   close(r.smtpd_w);
   close(r.smtpd_r);
+}
+
+/* Runs in a child: one byte to fd every ms milliseconds, until it fails. */
+static pid_t trickler(int fd, int ms)
+{
+  pid_t pid = fork();
+  if (pid) return pid;
+  signal(SIGPIPE, SIG_IGN);
+  alarm(30);
+  while (write(fd, "x", 1) == 1) poll(NULL, 0, ms);
+  _exit(0);
+}
+
+/* Fills the smtpd's pipe until the relay, with the client reading
+ * nothing, has taken nothing from it for 200 ms. */
+static void fill(int fd)
+{
+  static char buf[65536];
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  do {
+    while (write(fd, buf, sizeof buf) > 0) ;
+    poll(NULL, 0, 200);
+  } while (write(fd, buf, 1) == 1);
+}
+
+/* After the smtpd's end, a client sending a byte every 100 ms does not
+ * stretch the drain bound, which no idle bound would end. */
+static void drain_despite_trickle(void)
+{
+  struct rig r;
+  long long t0;
+  pid_t t;
+  rig_open(&r, 1);
+  rig_start(&r, "", "", 0, 1000);
+  rig_detach(&r);
+  CHECK(write(r.smtpd_w, "221 bye\r\n", 9) == 9);
+  t0 = io_now();
+  close(r.smtpd_w);
+  close(r.smtpd_r);
+  t = trickler(r.client_w, 100);
+  CHECK_STR(text(r.client_r), "221 bye\r\n");
+  CHECK(rig_wait(&r) == RELAY_DRAIN);
+  CHECK(io_now() - t0 >= 900 && io_now() - t0 < 5000);
+  CHECK(waitpid(t, NULL, 0) == t); /* the relay's end closed its pipe */
+  close(r.client_w);
+  close(r.client_r);
+}
+
+/* A client that never reads: the smtpd's output fills every buffer and
+ * the smtpd ends with bytes still unread in its pipe. The drain bound
+ * counts from that end, though the relay never read that far. */
+static void drain_with_client_window_closed(void)
+{
+  struct rig r;
+  long long t0;
+  rig_open(&r, 0);
+  rig_start(&r, "", "", 0, 1000);
+  rig_detach(&r);
+  fill(r.smtpd_w);
+  t0 = io_now();
+  close(r.smtpd_w);
+  close(r.smtpd_r);
+  CHECK(rig_wait(&r) == RELAY_DRAIN);
+  CHECK(io_now() - t0 >= 900 && io_now() - t0 < 5000);
+  close(r.client_r);
+}
+
+/* The smtpd lives and reads what a client sends a byte at a time, while
+ * that client reads nothing of what waits for it: bytes move all along,
+ * and still the client is dropped after the idle bound. */
+static void stalled_client(void)
+{
+  struct rig r;
+  long long t0;
+  pid_t t, sink;
+  rig_open(&r, 0);
+  rig_start(&r, "", "", 700, 0);
+  rig_detach(&r);
+  sink = fork();
+  if (!sink) {
+    char c;
+    alarm(30);
+    while (read(r.smtpd_r, &c, 1) == 1) ;
+    _exit(0);
+  }
+  close(r.smtpd_r);
+  t0 = io_now(); /* the stall starts after this, while filling */
+  fill(r.smtpd_w);
+  t = trickler(r.client_w, 100);
+  CHECK(rig_wait(&r) == RELAY_STALLED);
+  CHECK(io_now() - t0 >= 650 && io_now() - t0 < 5000);
+  close(r.client_w);
+  close(r.smtpd_w);
+  CHECK(waitpid(t, NULL, 0) == t);
+  CHECK(waitpid(sink, NULL, 0) == sink);
 }
 
 /* The smtpd's side ends while leftovers for it are still queued and it
@@ -290,6 +386,9 @@ int main(void)
   RUN(dead_smtpd_stdin);
   RUN(drain_timeout);
   RUN(idle_timeout);
+  RUN(drain_despite_trickle);
+  RUN(drain_with_client_window_closed);
+  RUN(stalled_client);
   RUN(leftovers_before_eof);
   return check_failures != 0;
 }

@@ -19,12 +19,16 @@ command = the application is killed with SIGTERM. After Y the block ends in
 \\0\\0 and the socket stays open for the whole session. A failed handshake
 kills the application. When the session ends the application gets SIGTERM.
 
+--libtls (either flavour): the TLS engine behaves like s6-tlsd-io on libtls,
+which stops at once, dropping whatever it has not yet sent to the client,
+when the reader of SSLREADFD goes away before the client's EOF.
+
 Every event is a line in LOG: "<conn> <event> ...".
 """
 import argparse
 import fcntl
 import os
-import selectors
+import select
 import signal
 import socket
 import ssl
@@ -61,15 +65,17 @@ def block(flavour, tls, certpem):
     return "".join(e + "\0" for e in entries).encode() + b"\0"
 
 
-def pump(conn, tls, rpipe, wpipe, flavour):
+def pump(conn, tls, rpipe, wpipe, flavour, libtls):
     """Relays between the TLS connection and the application's pipes. The
     client's EOF closes the pipe to the application. The application's EOF
     ends the session (sslserver) or becomes a TCP half-close (s6-tlsd-io
-    without -S), after which we wait for the client's EOF."""
+    without -S), after which we wait for the client's EOF. libtls: the
+    pipe to the application is watched even with nothing to write to it,
+    and its reader's going away is seen before anything else that poll
+    reports with it, as s6-tlsd-io on libtls does when it dies of it."""
     tls.setblocking(False)
     os.set_blocking(rpipe, False)
     os.set_blocking(wpipe, False)
-    sel = selectors.DefaultSelector()
     toapp = toclient = b""
     client_eof = app_eof = halfclosed = False
     rpipe_open = True
@@ -86,19 +92,24 @@ def pump(conn, tls, rpipe, wpipe, flavour):
             return
         events = {}
         if not client_eof and not toapp:
-            events[tls.fileno()] = selectors.EVENT_READ
+            events[tls.fileno()] = select.POLLIN
         if toclient:
-            events[tls.fileno()] = events.get(tls.fileno(), 0) | selectors.EVENT_WRITE
+            events[tls.fileno()] = events.get(tls.fileno(), 0) | select.POLLOUT
         if toapp and rpipe_open:
-            events[rpipe] = selectors.EVENT_WRITE
+            events[rpipe] = select.POLLOUT
         if not app_eof and not toclient:
-            events[wpipe] = selectors.EVENT_READ
+            events[wpipe] = select.POLLIN
+        watch = libtls and rpipe_open and not client_eof
+        if watch:
+            events.setdefault(rpipe, 0)
+        po = select.poll()
         for fd, ev in events.items():
-            sel.register(fd, ev)
-        ready = [True] if tls.pending() else sel.select(timeout=600)
-        for fd in events:
-            sel.unregister(fd)
-        if not ready:
+            po.register(fd, ev)
+        ready = po.poll(0 if tls.pending() else 600000)
+        if watch and any(fd == rpipe and ev & select.POLLERR for fd, ev in ready):
+            log(conn, "local-reader-gone", "unsent", len(toclient))
+            return
+        if not ready and not tls.pending():
             log(conn, "tls-idle-timeout")
             return
         if not client_eof and not toapp:
@@ -197,7 +208,7 @@ def engine(conn, args, sock, ctl, rpipe, wpipe, app):
         os.write(ctl, block(args.flavour, tls, certpem))
     if args.flavour == "s6":
         os.close(ctl)
-    pump(conn, tls, rpipe, wpipe, args.flavour)
+    pump(conn, tls, rpipe, wpipe, args.flavour, args.libtls)
     log(conn, "tls-done")
     tls.close()
     if args.flavour == "sslserver":
@@ -274,6 +285,8 @@ def main():
     p.add_argument("-p", "--port", type=int, default=0)
     p.add_argument("--ctl-close-early", action="store_true",
                    help="close the control socket at once, as a broken server would")
+    p.add_argument("--libtls", action="store_true",
+                   help="die, dropping what is unsent, when SSLREADFD's reader goes away early")
     p.add_argument("prog", nargs="+")
     args = p.parse_args()
     LOG = args.log
