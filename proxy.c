@@ -388,11 +388,11 @@ int main(int argc, char **argv)
   fcntl(execfail[1], F_SETFD, FD_CLOEXEC);
   p[0] = toserver[0]; p[1] = toserver[1]; p[2] = fromserver[0]; p[3] = fromserver[1];
   p[4] = execfail[0]; p[5] = execfail[1];
+  smtpd_pid = getpid(); /* before the fork: the parent may be gone before we look */
   pid = fork();
   if (pid < 0) fatal(111, "fork: %s", strerror(errno));
   if (pid) smtpd(argv, toserver[0], fromserver[1], p);
   signal(SIGPIPE, SIG_IGN);
-  smtpd_pid = getppid();
   close(toserver[0]);
   close(fromserver[1]);
   close(execfail[1]);
