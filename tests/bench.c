@@ -391,10 +391,10 @@ int main(int argc, char **argv)
   for (i = 0; i < ncont; i++) {
     /* the engine's content path against the relay's portable copy path */
     int j;
-    if (strcmp(cont[i].name, "builtin") && strcmp(cont[i].name, "builtin-copy")) continue;
+    if (strcmp(cont[i].name, "default") && strcmp(cont[i].name, "copy")) continue;
     for (j = 0; j < ncont; j++)
-      if (!strcmp(cont[j].name, "builtin-copy"))
-        printf("bulk: %s through the engine (plaintext) moves %.0f%% of what builtin-copy's relay moves (after STARTTLS)\n",
+      if (!strcmp(cont[j].name, "copy"))
+        printf("bulk: %s through the engine (plaintext) moves %.0f%% of what copy's relay moves (bulk-tls)\n",
                cont[i].name, 100 * med[3][j].wall / med[2][i].wall);
   }
   if (f >= 0 && o >= 0)
