@@ -52,13 +52,13 @@ static:
 	$(MAKE) CC=musl-gcc LDFLAGS=-static $(PROG)
 
 check-static: static
-	$(PYTHON) tests/run.py --e2e
+	LOSS_SESSIONS=200 $(PYTHON) tests/run.py --e2e
 
 # the whole suite with AddressSanitizer and UndefinedBehaviorSanitizer
 SANFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 check-asan:
 	$(MAKE) clean
-	INSTRUMENTED=1 $(MAKE) CFLAGS="-std=c99 -Wall -Wextra -pedantic $(SANFLAGS)" \
+	INSTRUMENTED=1 LOSS_SESSIONS=200 $(MAKE) CFLAGS="-std=c99 -Wall -Wextra -pedantic $(SANFLAGS)" \
 	  LDFLAGS="$(SANFLAGS)" check
 
 # the proxy's sessions under memcheck with descriptor tracking (default relay)
