@@ -33,6 +33,9 @@ static struct smtp engine;
 static int smtpd_r = -1, smtpd_w = -1; /* our ends of the smtpd's pipes */
 static int execfail_r = -1; /* a byte here: the exec failed, and the parent said so */
 static pid_t smtpd_pid;      /* our parent, the smtpd */
+static int smtpd_ended;      /* the smtpd's output was seen to end (EOF or hang-up) */
+static long long drainend;   /* from then on everything ends by this (0: no bound) */
+static int drained;          /* and the session ended on it */
 
 /* Exits with every descriptor we opened closed, so a leak checker sees
  * only what we were given. */
@@ -44,12 +47,12 @@ static void leave(int code)
   _exit(code);
 }
 
-/* One line per event, written at once so lines from both processes do not mix. */
 static int again(void)
 {
   return errno == EINTR || errno == EAGAIN;
 }
 
+/* One line per event, written at once so lines from both processes do not mix. */
 static void say(unsigned long level, const char *kind, const char *fmt, ...)
 {
   char buf[512];
@@ -209,7 +212,7 @@ static void finish(int sr)
   const char *out;
   size_t n = smtp_client_output(&engine, &out), done = 0;
   int code = smtp_exitcode(&engine);
-  long long deadline = io_deadline(drainbound());
+  long long deadline = smtpd_ended ? drainend : io_deadline(drainbound());
   char c;
   io_writeall(1, out, n, &done, deadline);
   await_smtpd(sr, deadline);
@@ -217,7 +220,10 @@ static void finish(int sr)
   case SMTP_WHY_SERVERBROKEN: fatal(1, "the smtpd sent a line that is not an SMTP reply");
   case SMTP_WHY_SERVERLONG: fatal(1, "the smtpd sent a reply line longer than %d bytes", SMTP_REPLYMAX);
   case SMTP_WHY_ERRORS: warn("client sent too many malformed lines: closing"); break;
-  case SMTP_WHY_TIMEOUT: warn("no traffic for %lu ms: closing", timeout); break;
+  case SMTP_WHY_TIMEOUT:
+    if (drained) warn("the client's side still open %lu ms after the smtpd's output ended: closing", drainbound());
+    else warn("no traffic for %lu ms: closing", timeout);
+    break;
   default:
     /* the exec failure, if that is what it was, is logged already */
     if (code && read(execfail_r, &c, 1) != 1) warn("the smtpd closed with replies still owed");
@@ -300,6 +306,20 @@ static void relay(int sr, int sw)
 }
 
 
+/* The earlier of two deadlines, 0 being none. */
+static long long sooner(long long a, long long b)
+{
+  return !a ? b : !b || a < b ? a : b;
+}
+
+/* The smtpd's output has ended: the drain bound starts, once. */
+static void smtpd_end(void)
+{
+  if (smtpd_ended) return;
+  smtpd_ended = 1;
+  drainend = io_deadline(drainbound());
+}
+
 static void session(int sr, int sw)
 {
   long long deadline = io_deadline(timeout);
@@ -315,15 +335,19 @@ static void session(int sr, int sw)
     if (st == SMTP_CLOSE) finish(sr);
     if (st == SMTP_RELAY) relay(sr, sw);
     if (st == SMTP_STARTTLS && !cout) { handshake(sr); deadline = io_deadline(timeout); continue; }
+    /* checked on every turn: a client that keeps sending keeps poll from timing out */
+    if (smtpd_ended && drainend && !io_left(drainend)) { drained = 1; smtp_timeout(&engine); continue; }
     if (swopen && smtp_server_done(&engine)) { close(sw); swopen = 0; smtpd_w = -1; }
     croom = smtp_client_room(&engine, &cin);
     sroom = smtp_server_room(&engine, &sin);
     soutn = swopen ? smtp_server_output(&engine, &sout) : 0;
     p[0].fd = croom ? 0 : -1; p[0].events = POLLIN;
     p[1].fd = cout ? 1 : -1; p[1].events = POLLOUT;
-    p[2].fd = sroom ? sr : -1; p[2].events = POLLIN;
+    /* watched even when it is not read, so that its hang-up is seen while
+     * the client holds our buffers full */
+    p[2].fd = sroom || !smtpd_ended ? sr : -1; p[2].events = sroom ? POLLIN : 0;
     p[3].fd = soutn ? sw : -1; p[3].events = POLLOUT;
-    r = poll(p, 4, io_left(deadline));
+    r = poll(p, 4, io_left(sooner(deadline, smtpd_ended ? drainend : 0)));
     if (r < 0) {
       if (errno == EINTR) continue;
       fatal(111, "poll: %s", strerror(errno));
@@ -359,10 +383,11 @@ static void session(int sr, int sw)
       }
       else if (!n || !again()) smtp_client_eof(&engine);
     }
+    if (p[2].revents & (POLLHUP | POLLERR)) smtpd_end();
     if (p[2].revents && (sroom = smtp_server_room(&engine, &sin)) > 0) {
       ssize_t n = read(sr, sin, sroom);
       if (n > 0) { smtp_server_input(&engine, (size_t)n); moved = 1; }
-      else if (!n || !again()) smtp_server_eof(&engine);
+      else if (!n || !again()) { smtpd_end(); smtp_server_eof(&engine); }
     }
     if (moved) deadline = io_deadline(timeout);
   }

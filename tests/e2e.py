@@ -1483,7 +1483,18 @@ def zero_window_after_helo(flavour, _):
     """The client says HELO, asks for much, and reads nothing. The smtpd's
     write timeout ends it; from then on the drain bound (-t here, -T not
     given) ends everything, though the client's window stays closed."""
-    bed = Bed(flavour, ("-t", "1500"), smtpd_opts=("--write-timeout", "1000", "--help-lines", "1000"))
+    zero_window(flavour, ("-t", "1500"))
+
+
+@test()
+def zero_window_drain_not_idle(flavour, _):
+    """The same with a long idle bound: the drain bound (-T) alone counts
+    from the smtpd's end, though the engine had stopped reading its pipe."""
+    zero_window(flavour, ("-t", "60000", "-T", "1500"))
+
+
+def zero_window(flavour, opts):
+    bed = Bed(flavour, opts, smtpd_opts=("--write-timeout", "1000", "--help-lines", "1000"))
     try:
         c = small_window_client(bed.port)
         c.reply()
