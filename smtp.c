@@ -288,12 +288,8 @@ static int known(const char *s, size_t n)
 static int offered(const struct smtp *e, const char *s, size_t n)
 {
   unsigned i;
-  for (i = 0; i < e->nkeys; i++) {
-    size_t j;
-    if (e->keylen[i] != n) continue;
-    for (j = 0; j < n && lower((unsigned char)s[j]) == e->keys[i][j]; j++) ;
-    if (j == n) return 1;
-  }
+  for (i = 0; i < e->nkeys; i++)
+    if (wordis(s, n, e->keys[i])) return 1;
   return 0;
 }
 
@@ -500,7 +496,7 @@ static void keep_keyword(struct smtp *e, const char *s, size_t n)
   if (wordis(s, n, "chunking")) { e->chunking = 1; return; }
   if (!n || n > SMTP_KEYLEN || e->nkeys == SMTP_KEYMAX || known(s, n) >= 0) return;
   for (i = 0; i < n; i++) e->keys[e->nkeys][i] = (char)lower((unsigned char)s[i]);
-  e->keylen[e->nkeys++] = (unsigned char)n;
+  e->keys[e->nkeys++][n] = 0;
 }
 
 /* One line of a 2xx EHLO reply: the domain line stays first, AUTH goes
@@ -591,7 +587,6 @@ static int reply_line(struct smtp *e, const char *line, size_t len)
   last = line[3] != '-';
   if (!e->inreply) {
     e->inreply = 1;
-    e->streamed = 0;
     e->rkind = e->qlen ? (int)qkind(e, 0) : -1;
     memcpy(e->rcode, line, 3);
     e->rewrite = e->rkind == Q_EHLO && line[0] == '2';
@@ -630,7 +625,6 @@ static int parse_server(struct smtp *e)
       if (e->coutcommit || upto == 0) break;
       /* a reply bigger than the buffer: its first lines go out now */
       e->coutcommit = upto;
-      e->streamed = 1;
       break;
     }
     if (!reply_line(e, s, len)) {
@@ -656,16 +650,14 @@ static int pump(struct smtp *e)
     /* Q_STARTTLS is always last: alone in the queue, it is its answer */
     int answer = e->phase == SMTP_P_TLSWAIT && e->qlen == 1;
     if (answer) {
-      if (e->tainted) r = R_PIPELINED;
+      /* STARTTLS ended what cin held: anything there now came after it */
+      if (e->cinlen) r = R_PIPELINED;
       else if (e->cin_eof) r = R_TLSUNAVAIL;
     }
     if (!emitreply(e, r)) break;
     qpop(e);
     moved = 1;
-    if (answer) {
-      e->phase = r == R_TLSREADY ? SMTP_P_HANDSHAKE : SMTP_P_PLAIN;
-      e->tainted = 0;
-    }
+    if (answer) e->phase = r == R_TLSREADY ? SMTP_P_HANDSHAKE : SMTP_P_PLAIN;
     if (r == R_ERRORS) closeup(e, SMTP_WHY_ERRORS, 1, -1);
   }
   if (e->phase == SMTP_P_GONE && !e->qlen) {
@@ -762,7 +754,6 @@ void smtp_client_input(struct smtp *e, size_t n)
   } else {
     if (e->phase == SMTP_P_TLSWAIT) {
       /* nothing may follow STARTTLS: these are refused, one reply each */
-      e->tainted = 1;
       e->poison = e->cinlen + n;
     }
     e->cinlen += n;
@@ -851,7 +842,7 @@ size_t smtp_tls_started(struct smtp *e)
   e->tls = 1;
   e->phase = SMTP_P_GATE;
   e->cinlen = e->sinlen = 0;
-  e->skipping = e->errors = e->tainted = 0;
+  e->skipping = e->errors = 0;
   e->poison = 0;
   e->content = SMTP_C_NONE;
   e->nkeys = 0;

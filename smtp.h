@@ -78,7 +78,6 @@ struct smtp {
   int declined;          /* HELO, MAIL or AUTH came first: STARTTLS is off */
   int cin_eof, sin_eof;
   int skipping;          /* discarding an overlong client line up to its LF */
-  int tainted;           /* client bytes arrived while STARTTLS was pending */
   size_t poison;         /* cin's first bytes that came after a STARTTLS: refused */
   int errors;
   int quit;              /* the client sent QUIT */
@@ -92,17 +91,14 @@ struct smtp {
   /* the smtpd's last EHLO reply */
   int chunking;
   unsigned nkeys;
-  char keys[SMTP_KEYMAX][SMTP_KEYLEN];
-  unsigned char keylen[SMTP_KEYMAX];
+  char keys[SMTP_KEYMAX][SMTP_KEYLEN + 1]; /* lower case, NUL-terminated */
   /* reply being framed */
   int inreply;           /* a reply's first line has been seen, not its last */
   int rkind;             /* queue kind the reply answers, or -1: unsolicited */
   int rewrite;           /* it is a 2xx EHLO reply we edit */
-  int sawstarttls;
   char rcode[3];
   size_t held;           /* start in cout of the line held back while rewriting */
   int hasheld, heldbare;
-  int streamed;          /* part of the reply went out before its last line */
   /* replies owed to the client, oldest first */
   unsigned char q[SMTP_QMAX];
   unsigned qhead, qlen;
