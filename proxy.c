@@ -195,14 +195,24 @@ static void smtpd(char **argv, int in, int out, int p[6])
 /* The smtpd gets EOF and we wait, bounded, for it to end: under sslserver
  * the control socket closes when this process exits, and the super-server
  * then kills the smtpd, which may still be writing its log or its queue. */
-static void await_smtpd(int sr, long long deadline)
+/* Reads and drops what fd holds, waiting for more until its EOF or the
+ * deadline (one already past: no wait); returns how many bytes. */
+static size_t drop(int fd, long long deadline)
 {
   char junk[512];
-  if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
-  while (io_wait(sr, POLLIN, deadline) > 0) {
-    ssize_t n = read(sr, junk, sizeof junk);
+  size_t dropped = 0;
+  while (io_wait(fd, POLLIN, deadline) > 0) {
+    ssize_t n = read(fd, junk, sizeof junk);
     if (!n || (n < 0 && !again())) break;
+    if (n > 0) dropped += (size_t)n;
   }
+  return dropped;
+}
+
+static void await_smtpd(int sr, long long deadline)
+{
+  if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
+  drop(sr, deadline);
   /* its stdout is closed; the exit follows at once, and makes us an orphan */
   while (getppid() == smtpd_pid && io_left(deadline)) poll(NULL, 0, 1);
 }
@@ -241,7 +251,7 @@ static void move_to(int from, int to)
 static void handshake(int sr)
 {
   struct ucspitls_block b;
-  size_t dropped = 0;
+  size_t dropped;
   int r, w;
   enum ucspitls_result res = ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), &b);
   if (res == UCSPITLS_TOOBIG) fatal(1, "the UCSPI-TLS information block is over %lu bytes", UCSPITLS_BLOCKMAX);
@@ -261,14 +271,9 @@ static void handshake(int sr)
   close(w);
   closeabove2(readfd);
   if (writefd != readfd) closeabove2(writefd);
-  /* RFC 3207 4.2: nothing from before TLS counts, in either direction */
-  for (;;) {
-    char junk[512];
-    ssize_t n = read(sr, junk, sizeof junk);
-    if (n <= 0) break; /* EAGAIN: the pipe is empty; an EOF is read again later */
-    dropped += (size_t)n;
-  }
-  dropped += smtp_tls_started(&engine);
+  /* RFC 3207 4.2: nothing from before TLS counts, in either direction; an
+   * EOF seen here is seen again by the session */
+  dropped = drop(sr, io_now()) + smtp_tls_started(&engine);
   if (dropped) info("discarded %lu bytes the smtpd sent before the TLS handshake", (unsigned long)dropped);
 }
 
