@@ -86,56 +86,104 @@ static size_t dataend(const char *s, size_t n, char hist[5], int *ended)
   return n;
 }
 
+/* One side's stream, as SMTP frames it: the client's as the oracle sees
+ * it, the engine's output as the model smtpd sees it. */
+enum { F_CMD, F_DATAWAIT, F_DATA, F_CHUNK };
+struct side {
+  char log[LOGMAX];
+  size_t loglen, pos;    /* had, framed so far */
+  int mode;
+  long long chunk;       /* BDAT octets still to come */
+  char hist[5];
+  char content[LOGMAX];  /* the DATA content seen */
+  size_t contentlen;
+};
+static struct side client_side, smtpd_side;
+
+static void side_reset(struct side *d)
+{
+  d->loglen = d->pos = d->contentlen = 0;
+  d->mode = F_CMD;
+}
+
+static void side_data(struct side *d)
+{
+  d->mode = F_DATA;
+  memcpy(d->hist, "xxx\r\n", 5);
+}
+
+/* Takes the content at d's position, if that is what comes: returns 0 when
+ * a command line (or nothing) comes, else 1, and 2 when DATA just ended. */
+static int side_content(struct side *d)
+{
+  const char *s = d->log + d->pos;
+  size_t left = d->loglen - d->pos, k;
+  int ended = 0;
+  if (!left) return 0;
+  if (d->mode == F_DATA) {
+    k = dataend(s, left, d->hist, &ended);
+    memcpy(d->content + d->contentlen, s, k);
+    d->contentlen += k;
+    if (ended) d->mode = F_CMD;
+  } else if (d->mode == F_CHUNK) {
+    k = (size_t)d->chunk < left ? (size_t)d->chunk : left;
+    d->chunk -= (long long)k;
+    if (!d->chunk) d->mode = F_CMD;
+  } else return 0;
+  d->pos += k;
+  return 1 + ended;
+}
+
+/* The next whole command line at d's position, taken, or 0. */
+static const char *side_line(struct side *d, size_t *len)
+{
+  const char *s = d->log + d->pos;
+  const char *lf = d->loglen > d->pos ? memchr(s, '\n', d->loglen - d->pos) : 0;
+  long long chunk;
+  if (!lf || d->mode != F_CMD) return 0;
+  *len = (size_t)(lf - s) + 1;
+  d->pos += *len;
+  if ((chunk = bdat(s, *len)) > 0) {
+    d->chunk = chunk;
+    d->mode = F_CHUNK;
+  }
+  return s;
+}
+
 /* --- the client oracle --- */
 
 enum { K_OTHER, K_DATA, K_BDAT, K_END, K_AUTH, K_STARTTLS, K_EHLO };
-static struct { int kind; int code; } cmd[CMDS];
+static struct { int kind; int code; size_t start, end; } cmd[CMDS];
 static unsigned ncmd, nreplies;
-static char olog[LOGMAX];
-static size_t ologlen, opos;         /* fed, framed so far */
-static int omode;                    /* 0 commands, 1 DATA wait, 2 content, 3 chunk */
-static long long ochunk;
-static char ohist[5];
-static char ocontent[LOGMAX];
-static size_t ocontentlen;
 static size_t starttls_end;          /* log offset right after the last STARTTLS line */
+/* for each client byte, the feed that brought it, and whether it came while
+ * STARTTLS waited: a command that starts in the feed of a STARTTLS refused
+ * as pipelined, after it, or that came while STARTTLS waited, never runs */
+static unsigned short feedof[LOGMAX];
+static unsigned char waitfed[LOGMAX];
+static unsigned nfeeds;
+static size_t refused_end;           /* end of the last STARTTLS refused as pipelined */
+static int refused;
 
 static void oracle_frame(void)
 {
-  for (;;) {
-    const char *s = olog + opos;
-    size_t left = ologlen - opos, len;
-    const char *lf;
-    if (!left || omode == 1 || ncmd >= CMDS) return;
-    if (omode == 2) {
-      int ended = 0;
-      size_t k = dataend(s, left, ohist, &ended);
-      memcpy(ocontent + ocontentlen, s, k);
-      ocontentlen += k;
-      opos += k;
-      if (ended) { omode = 0; cmd[ncmd++].kind = K_END; }
+  struct side *d = &client_side;
+  while (ncmd < CMDS) {
+    size_t len;
+    const char *s;
+    int c = side_content(d);
+    if (c) {
+      if (c == 2) cmd[ncmd++].kind = K_END;
       continue;
     }
-    if (omode == 3) {
-      size_t k = (size_t)ochunk < left ? (size_t)ochunk : left;
-      ochunk -= (long long)k;
-      opos += k;
-      if (!ochunk) omode = 0;
-      continue;
-    }
-    lf = memchr(s, '\n', left);
-    if (!lf) return;
-    len = (size_t)(lf - s) + 1;
+    if (!(s = side_line(d, &len))) return;
     cmd[ncmd].code = 0;
-    cmd[ncmd].kind = verb(s, len, "data") ? K_DATA : verb(s, len, "auth") ? K_AUTH
-      : verb(s, len, "starttls") ? K_STARTTLS : K_OTHER;
-    opos += len;
-    if (cmd[ncmd].kind == K_DATA) omode = 1;
-    if (cmd[ncmd].kind == K_STARTTLS) starttls_end = opos;
-    if ((ochunk = bdat(s, len)) >= 0) {
-      cmd[ncmd].kind = K_BDAT;
-      if (ochunk) omode = 3;
-    }
+    cmd[ncmd].start = d->pos - len;
+    cmd[ncmd].end = d->pos;
+    cmd[ncmd].kind = bdat(s, len) >= 0 ? K_BDAT : verb(s, len, "data") ? K_DATA
+      : verb(s, len, "auth") ? K_AUTH : verb(s, len, "starttls") ? K_STARTTLS : K_OTHER;
+    if (cmd[ncmd].kind == K_DATA) d->mode = F_DATAWAIT;
+    if (cmd[ncmd].kind == K_STARTTLS) starttls_end = d->pos;
     ncmd++;
   }
 }
@@ -144,19 +192,28 @@ static void oracle_frame(void)
 static void oracle_reply(const char *code)
 {
   unsigned i;
+  size_t at;
   if (!memcmp(code, "421", 3)) return; /* the engine closing: the model never says it */
   i = nreplies++;
   if (!i) return; /* the greeting */
   invariant(i - 1 < ncmd); /* never a reply to a command not sent */
   cmd[i - 1].code = (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
+  at = cmd[i - 1].start;
+  /* the proxy's own refusals are 500, 501, 503: the model never says them */
+  if (waitfed[at] || (refused && at >= refused_end && feedof[at] == feedof[refused_end - 1]))
+    invariant(cmd[i - 1].code == 500 || cmd[i - 1].code == 501 || cmd[i - 1].code == 503);
+  if (cmd[i - 1].kind == K_STARTTLS && !memcmp(code, "503 5.5.1 STARTTLS must", 23)) {
+    refused = 1;
+    refused_end = cmd[i - 1].end;
+  }
   if (cmd[i - 1].kind == K_DATA) {
-    omode = cmd[i - 1].code == 354 ? 2 : 0;
-    memcpy(ohist, "xxx\r\n", 5);
+    if (cmd[i - 1].code == 354) side_data(&client_side);
+    else client_side.mode = F_CMD;
     oracle_frame();
   }
 }
 
-static char rline[8];
+static char rline[24];
 static size_t rlinelen;
 
 static void oracle_output(const char *p, size_t n)
@@ -173,48 +230,24 @@ static void oracle_output(const char *p, size_t n)
 
 /* --- the model smtpd --- */
 
-static char mlog[LOGMAX];
-static size_t mloglen, mpos;
-static int mmode;                /* 0 commands, 2 content, 3 chunk */
-static long long mchunk;
-static char mhist[5];
-static char mcontent[LOGMAX];
-static size_t mcontentlen;
 static int mpending[CMDS];       /* what each command waiting for its reply is */
 static unsigned mhead, mtail;
 
 static void model_frame(void)
 {
-  for (;;) {
-    const char *s = mlog + mpos;
-    size_t left = mloglen - mpos, len;
-    const char *lf;
-    if (!left || mtail >= CMDS) return;
-    if (mmode == 2) {
-      int ended = 0;
-      size_t k = dataend(s, left, mhist, &ended);
-      memcpy(mcontent + mcontentlen, s, k);
-      mcontentlen += k;
-      mpos += k;
-      if (ended) { mmode = 0; mpending[mtail++] = K_END; }
+  struct side *d = &smtpd_side;
+  while (mtail < CMDS) {
+    size_t len;
+    const char *s;
+    int c = side_content(d);
+    if (c) {
+      if (c == 2) mpending[mtail++] = K_END;
       continue;
     }
-    if (mmode == 3) {
-      size_t k = (size_t)mchunk < left ? (size_t)mchunk : left;
-      mchunk -= (long long)k;
-      mpos += k;
-      if (!mchunk) mmode = 0;
-      continue;
-    }
-    lf = memchr(s, '\n', left);
-    if (!lf) return;
-    len = (size_t)(lf - s) + 1;
-    mpos += len;
+    if (!(s = side_line(d, &len))) return;
     /* no password in clear: AUTH reaches the smtpd only over TLS or with -a */
     if (verb(s, len, "auth")) invariant(e.tls || (e.flags & SMTP_PLAINAUTH));
-    mpending[mtail] = verb(s, len, "data") ? K_DATA : verb(s, len, "ehlo") ? K_EHLO : K_OTHER;
-    if ((mchunk = bdat(s, len)) >= 0 && mchunk) mmode = 3;
-    mtail++;
+    mpending[mtail++] = verb(s, len, "data") ? K_DATA : verb(s, len, "ehlo") ? K_EHLO : K_OTHER;
   }
 }
 
@@ -230,7 +263,7 @@ static void model_answer(unsigned c)
   kind = mpending[mhead++];
   if (kind == K_DATA) {
     r = c % 3 ? "354 go\r\n" : "554 no\r\n";
-    if (c % 3) { mmode = 2; memcpy(mhist, "xxx\r\n", 5); }
+    if (c % 3) side_data(&smtpd_side);
   } else if (kind == K_EHLO)
     r = c & 1 ? "250-mx\r\n250-CHUNKING\r\n250-AUTH PLAIN\r\n250-ETRN\r\n250 STARTTLS\r\n"
       : "250-mx\r\n250 PIPELINING\r\n";
@@ -263,19 +296,20 @@ static void flush_model(void)
     k = smtp_client_output(&e, &q);
     if (k) { oracle_output(q, k); smtp_client_sent(&e, k); }
     k = smtp_server_output(&e, &q);
-    if (k && mloglen + k <= LOGMAX) {
-      memcpy(mlog + mloglen, q, k);
-      mloglen += k;
+    if (k && smtpd_side.loglen + k <= LOGMAX) {
+      memcpy(smtpd_side.log + smtpd_side.loglen, q, k);
+      smtpd_side.loglen += k;
       smtp_server_sent(&e, k);
       model_frame();
     }
     model_deliver();
     /* once STARTTLS is taken, our RSET is the last thing the smtpd gets */
     if ((e.phase == SMTP_P_TLSWAIT || e.phase == SMTP_P_HANDSHAKE) && !e.soutlen)
-      invariant(mloglen >= 6 && !memcmp(mlog + mloglen - 6, "RSET\r\n", 6));
+      invariant(smtpd_side.loglen >= 6
+                && !memcmp(smtpd_side.log + smtpd_side.loglen - 6, "RSET\r\n", 6));
     if (e.phase == SMTP_P_HANDSHAKE) {
       /* the 220 went only to a STARTTLS with nothing after it */
-      invariant(starttls_end == ologlen);
+      invariant(starttls_end == client_side.loglen);
     }
   }
 }
@@ -286,8 +320,11 @@ static int modelled(const unsigned char *d, size_t n)
   unsigned flags = d[0] & 1; /* -r or not; never -a: the relay would take over */
   memset(&cmd, 0, sizeof cmd);
   ncmd = nreplies = 0;
-  ologlen = opos = ocontentlen = mloglen = mpos = mcontentlen = moutlen = rlinelen = 0;
-  omode = mmode = 0;
+  side_reset(&client_side);
+  side_reset(&smtpd_side);
+  moutlen = rlinelen = 0;
+  nfeeds = 0;
+  refused = 0;
   mhead = mtail = 0;
   starttls_end = (size_t)-1;
   smtp_init(&e, flags);
@@ -297,7 +334,7 @@ static int modelled(const unsigned char *d, size_t n)
   while (i + 2 <= n) {
     unsigned op = d[i] % 4, len = d[i + 1];
     const unsigned char *data = d + i + 2;
-    size_t avail = n - i - 2, room;
+    size_t avail = n - i - 2, room, j;
     char *p;
     if (op == 0 && len > avail) len = (unsigned)avail;
     i += 2 + (op == 0 ? len : 0);
@@ -305,9 +342,14 @@ static int modelled(const unsigned char *d, size_t n)
       int waiting = e.phase == SMTP_P_TLSWAIT;
       room = smtp_client_room(&e, &p);
       if (room > len) room = len;
-      if (room && ologlen + room <= LOGMAX) {
-        memcpy(olog + ologlen, data, room);
-        ologlen += room;
+      if (room && client_side.loglen + room <= LOGMAX) {
+        for (j = client_side.loglen; j < client_side.loglen + room; j++) {
+          feedof[j] = (unsigned short)nfeeds;
+          waitfed[j] = (unsigned char)waiting;
+        }
+        nfeeds++;
+        memcpy(client_side.log + client_side.loglen, data, room);
+        client_side.loglen += room;
         memcpy(p, data, room);
         smtp_client_input(&e, room);
         if (waiting) starttls_end = (size_t)-1; /* bytes after STARTTLS: no 220 */
@@ -325,7 +367,8 @@ static int modelled(const unsigned char *d, size_t n)
       return 0; /* the engine's part, or its exact count, is over */
     invariant(nreplies <= ncmd + 1);
     /* content: what the smtpd got is what the client sent as content */
-    invariant(mcontentlen <= ocontentlen && !memcmp(mcontent, ocontent, mcontentlen));
+    invariant(smtpd_side.contentlen <= client_side.contentlen
+              && !memcmp(smtpd_side.content, client_side.content, smtpd_side.contentlen));
   }
   /* let everything settle: then every command has had its one reply */
   for (i = 0; i < 4 * CMDS && mhead != mtail; i++) {
@@ -334,9 +377,9 @@ static int modelled(const unsigned char *d, size_t n)
   }
   flush_model();
   if (e.phase == SMTP_P_PLAIN || e.phase == SMTP_P_CLEAR || e.phase == SMTP_P_GATE) {
-    if (omode != 1 && ncmd < CMDS && e.errors < SMTP_MAXERRORS)
+    if (client_side.mode != F_DATAWAIT && ncmd < CMDS && e.errors < SMTP_MAXERRORS)
       invariant(nreplies == ncmd + 1);
-    invariant(mcontentlen == ocontentlen || e.content != SMTP_C_NONE);
+    invariant(smtpd_side.contentlen == client_side.contentlen || e.content != SMTP_C_NONE);
   }
   return 0;
 }
