@@ -575,7 +575,7 @@ static int isdigit_(int c) { return c >= '0' && c <= '9'; }
 /* Returns 0 if the line is no SMTP reply line. */
 static int reply_line(struct smtp *e, const char *line, size_t len)
 {
-  int last;
+  int last, first;
   if (len < 4 || line[0] < '2' || line[0] > '5' || !isdigit_(line[1])
       || !isdigit_(line[2]))
     return 0;
@@ -585,14 +585,15 @@ static int reply_line(struct smtp *e, const char *line, size_t len)
   default: return 0;
   }
   last = line[3] != '-';
-  if (!e->inreply) {
+  first = !e->inreply;
+  if (first) {
     e->inreply = 1;
     e->rkind = e->qlen ? (int)qkind(e, 0) : -1;
     memcpy(e->rcode, line, 3);
     e->rewrite = e->rkind == Q_EHLO && line[0] == '2';
-    if (e->rewrite) rewrite_line(e, line, len, 1);
-    else if (e->rkind != Q_STARTTLS || !memcmp(line, "421", 3)) append(e, line, len);
-  } else if (e->rewrite) rewrite_line(e, line, len, 0);
+  }
+  if (e->rewrite) rewrite_line(e, line, len, first);
+  /* the reply to our RSET is ours, unless the smtpd is closing */
   else if (e->rkind != Q_STARTTLS || !memcmp(e->rcode, "421", 3)) append(e, line, len);
   if (last) end_reply(e);
   return 1;
