@@ -32,7 +32,6 @@ static int ctlfd, readfd, writefd;
 static struct smtp engine;
 static int smtpd_r = -1, smtpd_w = -1; /* our ends of the smtpd's pipes */
 static int execfail_r = -1; /* a byte here: the exec failed, and the parent said so */
-static pid_t smtpd_pid;      /* our parent, the smtpd */
 static int smtpd_ended;      /* the smtpd's output was seen to end (EOF or hang-up) */
 static long long drainend;   /* from then on everything ends by this (0: no bound) */
 static int drained;          /* and the session ended on it */
@@ -192,9 +191,6 @@ static void smtpd(char **argv, int in, int out, int p[6])
   fatal(111, "unable to exec %s: %s", argv[0], strerror(e));
 }
 
-/* The smtpd gets EOF and we wait, bounded, for it to end: under sslserver
- * the control socket closes when this process exits, and the super-server
- * then kills the smtpd, which may still be writing its log or its queue. */
 /* Reads and drops what fd holds, waiting for more until its EOF or the
  * deadline (one already past: no wait); returns how many bytes. */
 static size_t drop(int fd, long long deadline)
@@ -209,12 +205,17 @@ static size_t drop(int fd, long long deadline)
   return dropped;
 }
 
-static void await_smtpd(int sr, long long deadline)
+/* After the engine's last word, as the relay does: the smtpd gets EOF and
+ * its output is read to its end, then the client gets EOF and its side is
+ * read to its end, all by deadline. Under sslserver this process's exit
+ * closes the control socket and the super-server kills the smtpd then; a
+ * client that closes after our EOF leaves the smtpd time to be gone. */
+static void linger(int sr, long long deadline)
 {
   if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
   drop(sr, deadline);
-  /* its stdout is closed; the exit follows at once, and makes us an orphan */
-  while (getppid() == smtpd_pid && io_left(deadline)) poll(NULL, 0, 1);
+  relay_eof(1, 0);
+  drop(0, deadline);
 }
 
 static void finish(int sr)
@@ -225,7 +226,7 @@ static void finish(int sr)
   long long deadline = smtpd_ended ? drainend : io_deadline(drainbound());
   char c;
   io_writeall(1, out, n, &done, deadline);
-  await_smtpd(sr, deadline);
+  linger(sr, deadline);
   switch (smtp_why(&engine)) {
   case SMTP_WHY_SERVERBROKEN: fatal(1, "the smtpd sent a line that is not an SMTP reply");
   case SMTP_WHY_SERVERLONG: fatal(1, "the smtpd sent a reply line longer than %d bytes", SMTP_REPLYMAX);
@@ -418,7 +419,6 @@ int main(int argc, char **argv)
   fcntl(execfail[1], F_SETFD, FD_CLOEXEC);
   p[0] = toserver[0]; p[1] = toserver[1]; p[2] = fromserver[0]; p[3] = fromserver[1];
   p[4] = execfail[0]; p[5] = execfail[1];
-  smtpd_pid = getpid(); /* before the fork: the parent may be gone before we look */
   pid = fork();
   if (pid < 0) fatal(111, "fork: %s", strerror(errno));
   if (pid) smtpd(argv, toserver[0], fromserver[1], p);

@@ -93,13 +93,18 @@ static int ispipe(int fd)
 }
 #endif
 
-static void endflow(struct flow *f, int samefd)
+void relay_eof(int fd, int samefd)
 {
   struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) shutdown(fd, SHUT_WR);
+  else if (!samefd) close(fd);
+}
+
+static void endflow(struct flow *f, int samefd)
+{
   f->ended = 1;
   f->len = f->off = 0;
-  if (fstat(f->to, &st) == 0 && S_ISSOCK(st.st_mode)) shutdown(f->to, SHUT_WR);
-  else if (!samefd) close(f->to);
+  relay_eof(f->to, samefd);
 }
 
 /* What moveflow() did: read from the source, wrote to the destination. */

@@ -25,6 +25,10 @@ int relay_preload(enum relay_dir d, const char *s, size_t n);
  * queued for relay_run(). */
 int relay_flush(int cfdw, int sfdw, long long deadline);
 
+/* Passes EOF on to whoever reads fd: shutdown(2) for a socket, close for
+ * anything else, unless samefd (fd is also read from, and stays open). */
+void relay_eof(int fd, int samefd);
+
 /* Becomes s6-ioconnect between fds 0/1 and the smtpd's pipes, with idle
  * timeout ms (0: none). Returns only if it cannot be executed; errno says why. */
 void relay_exec(int sfdr, int sfdw, unsigned long timeout);

@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import time
 
-from bed import PROG, WORK, Bed, Client, sha256
+from bed import PROG, SMTPD, WORK, Bed, Client, sha256
 
 TESTS = []
 FLAVOURS = ("s6", "sslserver")
@@ -1612,3 +1612,39 @@ def longest_timeouts(flavour, ropts):
         quiet(bed)
     finally:
         bed.close()
+
+
+REAPER = """
+import os, sys
+pid = os.fork()
+if not pid:
+    os.execv(sys.argv[1], sys.argv[1:])
+os.close(0)
+os.close(1)
+os.waitpid(pid, 0)
+while True:  # then every other child it has, as some servers do at exit
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+"""
+
+
+@test()
+def smtpd_reaps_all_children(flavour, _):
+    """An smtpd that, done, waits for every child it has (the proxy is one)
+    must not be waited for by the proxy in turn."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="smtpd-", dir=WORK)
+    bed = Bed(flavour, app=[PROG, "-t", "60000", SMTPD[0], "-c", REAPER] + SMTPD + [d])
+    try:
+        msg = message()
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
+            s.helo("client.test")
+            s.sendmail("a@x.test", ["b@y.test"], msg)
+        check(bed.wait_exit(timeout=10) is not None, "the smtpd never ended")
+        check(not bed.leftovers(), "leftovers")
+        check(sha256(os.path.join(d, "msg-1")) == hashlib.sha256(msg).hexdigest(), "body differs")
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
