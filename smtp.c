@@ -2,6 +2,7 @@
  * content and the smtpd's replies, decides what to forward, what to answer
  * itself and when the session leaves the proxy's hands, and keeps every
  * reply in command order (RFC 2920), one per command. No I/O happens here. */
+#include <stddef.h>
 #include <string.h>
 #include "smtp.h"
 
@@ -104,7 +105,9 @@ static void forward(struct smtp *e, const char *s, size_t n, unsigned kind)
 
 void smtp_init(struct smtp *e, unsigned flags)
 {
-  memset(e, 0, sizeof *e);
+  /* the buffers, last in the struct, need no zeroing: their lengths say
+   * what they hold; not touching them spares a page fault per 4 KiB */
+  memset(e, 0, offsetof(struct smtp, cin));
   e->flags = flags;
   e->phase = SMTP_P_PLAIN;
   e->rkind = -1;
