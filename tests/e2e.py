@@ -740,20 +740,43 @@ tofile:
 """
 
 
-def exim(flavour, ropts, tls):
-    """exim -bs, configured to take mail for local.test into a file; it
-    advertises STARTTLS itself, which the proxy must handle all the same."""
+# what the issue-10 tests add to EXIM_CONF: AUTH PLAIN (any password) and
+# CHUNKING offered to every client
+EXIM_AUTH_OPTIONS = """auth_advertise_hosts = *
+chunking_advertise_hosts = *
+"""
+EXIM_AUTHENTICATORS = """begin authenticators
+plain:
+  driver = plaintext
+  public_name = PLAIN
+  server_prompts = :
+  server_condition = yes
+  server_set_id = $auth2
+"""
+
+
+def exim_bed(flavour, opts=(), options="", authenticators=""):
+    """exim -bs under the proxy, taking mail for local.test into DIR/mbox;
+    returns (bed, DIR), or (a reason to skip, None)."""
     path = shutil.which("exim") or shutil.which("exim4")
     if not path:
-        return "exim not installed"
+        return "exim not installed", None
     import tempfile
-    from bed import WORK
     d = tempfile.mkdtemp(prefix="exim-", dir=WORK)
     os.chmod(d, 0o1777)
     conf = os.path.join(d, "exim.conf")
+    head, tail = EXIM_CONF.format(dir=d).split("begin acl", 1)
     with open(conf, "w") as f:
-        f.write(EXIM_CONF.format(dir=d))
-    bed = Bed(flavour, ropts, app=[PROG] + list(ropts) + [path, "-C", conf, "-odi", "-bs"])
+        f.write(head + options + "begin acl" + tail + authenticators)
+    return Bed(flavour, opts, app=[PROG] + list(opts) + [path, "-C", conf, "-odi", "-bs"]), d
+
+
+def exim(flavour, ropts, tls):
+    """exim -bs, configured to take mail for local.test into a file; it
+    advertises STARTTLS itself, which the proxy must handle all the same."""
+    bed, d = exim_bed(flavour, ropts)
+    if d is None:
+        return bed
     try:
         msg = message()
         with smtplib.SMTP("127.0.0.1", bed.port, timeout=20) as s:
@@ -1111,37 +1134,6 @@ def load_200_sessions(flavour, ropts):
 
 # --- the engine stays in the middle for the whole plaintext session ---
 
-EXIM_AUTH = """
-auth_advertise_hosts = *
-chunking_advertise_hosts = *
-begin authenticators
-plain:
-  driver = plaintext
-  public_name = PLAIN
-  server_prompts = :
-  server_condition = yes
-  server_set_id = $auth2
-"""
-
-
-def exim_bed(flavour, opts=(), extra=""):
-    """exim -bs with AUTH PLAIN (any password) and CHUNKING offered to all;
-    returns (bed, dir) or a reason to skip."""
-    path = shutil.which("exim") or shutil.which("exim4")
-    if not path:
-        return "exim not installed", None
-    import tempfile
-    d = tempfile.mkdtemp(prefix="exim-", dir=WORK)
-    os.chmod(d, 0o1777)
-    conf = os.path.join(d, "exim.conf")
-    base = EXIM_CONF.format(dir=d)
-    head, tail = base.split("begin acl", 1)
-    with open(conf, "w") as f:
-        f.write(head + extra.split("begin authenticators")[0] + "begin acl" + tail
-                + "begin authenticators" + extra.split("begin authenticators")[1])
-    return Bed(flavour, opts, app=[PROG] + list(opts) + [path, "-C", conf, "-odi", "-bs"]), d
-
-
 def mbox(d):
     try:
         with open(os.path.join(d, "mbox"), "rb") as f:
@@ -1152,7 +1144,7 @@ def mbox(d):
 
 @test()
 def exim_auth_after_helo_and_rset(flavour, _):
-    bed, d = exim_bed(flavour, extra=EXIM_AUTH)
+    bed, d = exim_bed(flavour, options=EXIM_AUTH_OPTIONS, authenticators=EXIM_AUTHENTICATORS)
     if d is None:
         return bed
     try:
@@ -1211,7 +1203,7 @@ LOOKALIKE = (b"From: a@x.test\r\nTo: b@local.test\r\nSubject: lookalikes\r\n\r\n
 
 @test()
 def exim_data_lookalikes(flavour, _):
-    bed, d = exim_bed(flavour, extra=EXIM_AUTH)
+    bed, d = exim_bed(flavour, options=EXIM_AUTH_OPTIONS, authenticators=EXIM_AUTHENTICATORS)
     if d is None:
         return bed
     try:
@@ -1261,7 +1253,7 @@ def data_lookalikes_test_smtpd(flavour, _):
 
 @test()
 def exim_bdat(flavour, _):
-    bed, d = exim_bed(flavour, extra=EXIM_AUTH)
+    bed, d = exim_bed(flavour, options=EXIM_AUTH_OPTIONS, authenticators=EXIM_AUTHENTICATORS)
     if d is None:
         return bed
     try:
