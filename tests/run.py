@@ -2,6 +2,8 @@
 """Runs every test: the C unit tests, then the end-to-end ones through the
 test UCSPI-TLS server with real clients. Ends with "N passed, N failed,
 N skipped". Arguments, if any, are substrings selecting tests by name."""
+import glob
+import importlib
 import os
 import shutil
 import subprocess
@@ -13,6 +15,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bed  # noqa: E402
 from bed import TOP, WORK, certificate  # noqa: E402
 import e2e  # noqa: E402
+
+# more end-to-end tests, one file per subject, each adding to e2e.TESTS
+for _f in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e_*.py"))):
+    importlib.import_module(os.path.basename(_f)[:-3])
 
 results = {"passed": 0, "failed": 0, "skipped": 0}
 
