@@ -1,6 +1,6 @@
 /* proxy.c: options, environment, the fork, and the session: the poll loop
  * between the client and the smtpd until the SMTP engine hands the session
- * to the relay. */
+ * to the relay. With -e, also the smtpd after TLS and the wait for it. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include "io.h"
 #include "relay.h"
@@ -16,7 +18,7 @@
 #include "ucspitls.h"
 
 #define PROG "smtpd-starttls-proxy-io"
-#define USAGE "usage: " PROG " [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -r ] [ -a ] [ -B | -S ] [ -- ] smtpd [ args... ]"
+#define USAGE "usage: " PROG " [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -r ] [ -a ] [ -e ] [ -B | -S ] [ -- ] smtpd [ args... ]"
 
 extern char **environ;
 
@@ -35,6 +37,22 @@ static int execfail_r = -1; /* a byte here: the exec failed, and the parent said
 static int smtpd_ended;      /* the smtpd's output was seen to end (EOF or hang-up) */
 static long long drainend;   /* from then on everything ends by this (0: no bound) */
 static int drained;          /* and the session ended on it */
+static char **smtpd_argv;
+static struct sigaction pipeact; /* SIGPIPE as we were given it: the smtpds get it so */
+/* -e: this process stays the one the super-server knows; the smtpds are
+ * its children */
+static int fresh;
+static pid_t smtpd_pid;      /* the smtpd serving now */
+static pid_t first_pid;      /* after TLS: the smtpd that greeted, told to go */
+static int first_r = -1;     /* its output, left unread, so that its last reply finds a pipe */
+static pid_t relay_pid;      /* with -S: the process that becomes s6-ioconnect */
+static int term[2] = { -1, -1 }; /* after TLS, SIGTERM is a byte here */
+static volatile sig_atomic_t termed;
+static char keepbuf[UCSPITLS_KEEPMAX]; /* the block's entries, the smtpd's after TLS */
+#define ENVMAX 4096
+static char *envbuf[ENVMAX];
+
+static void finale(void);
 
 /* Exits with every descriptor we opened closed, so a leak checker sees
  * only what we were given. */
@@ -43,6 +61,8 @@ static void leave(int code)
   if (smtpd_r >= 0) close(smtpd_r);
   if (smtpd_w >= 0) close(smtpd_w);
   if (execfail_r >= 0) close(execfail_r);
+  smtpd_r = smtpd_w = execfail_r = -1;
+  if (fresh) finale();
   _exit(code);
 }
 
@@ -116,6 +136,7 @@ static char **options(char **argv)
       switch (c) {
       case 'r': flags |= SMTP_REQUIRETLS; break;
       case 'a': flags |= SMTP_PLAINAUTH; break;
+      case 'e': fresh = 1; flags |= SMTP_FRESH; break;
       case 'B': ioconnect = 0; break;
       case 'S': ioconnect = 1; break;
       case 'v': case 't': case 'T': {
@@ -160,12 +181,23 @@ static int secret(const char *s)
   return !strncmp(s, "KEYFILE:", 8) || !strncmp(s, "CERTFILE:", 9);
 }
 
-static void cleanenv(void)
+static int secretp(const char *s) { return secret(s); }
+
+/* The smtpd's environment, a new array: ours without what it must not
+ * learn, and after TLS with -e, the block's entries applied. */
+static char **smtpd_environ(const struct ucspitls_block *b)
 {
-  char **r, **w;
-  for (r = w = environ; *r; r++)
-    if (!secret(*r)) *w++ = *r;
-  *w = 0;
+  char **r;
+  size_t n = 0;
+  for (r = environ; *r; r++) {
+    if (secret(*r)) continue;
+    if (n == ENVMAX - 1) fatal(111, "more than %d environment variables", ENVMAX - 1);
+    envbuf[n++] = *r;
+  }
+  envbuf[n] = 0;
+  if (b && ucspitls_env(b, envbuf, n, ENVMAX, secretp) < 0)
+    warn("no room for the UCSPI-TLS variables beside %lu others: the smtpd gets none", (unsigned long)n);
+  return envbuf;
 }
 
 static void closeabove2(int fd)
@@ -173,32 +205,80 @@ static void closeabove2(int fd)
   if (fd > 2) close(fd);
 }
 
-/* The parent becomes the smtpd, keeping the pid the super-server knows.
- * p holds the pipe ends to close; p[5], close-on-exec, carries one byte to
- * the child if the exec fails, so that the failure is logged once. */
-static void smtpd(char **argv, int in, int out, int p[6])
+/* Our pipes never reach the smtpd or the relay by accident. */
+static void mkpipe(int p[2])
 {
-  int i, e;
-  if (dup2(in, 0) < 0 || dup2(out, 1) < 0) fatal(111, "unable to set up the smtpd's stdin and stdout: %s", strerror(errno));
-  for (i = 0; i < 5; i++) close(p[i]);
-  closeabove2(ctlfd);
-  closeabove2(readfd);
-  closeabove2(writefd);
-  cleanenv();
-  execvp(argv[0], argv);
-  e = errno;
-  while (write(p[5], "x", 1) < 0 && errno == EINTR) ;
-  fatal(111, "unable to exec %s: %s", argv[0], strerror(e));
+  if (pipe(p) < 0) fatal(111, "pipe: %s", strerror(errno));
+  fcntl(p[0], F_SETFD, FD_CLOEXEC);
+  fcntl(p[1], F_SETFD, FD_CLOEXEC);
 }
 
-/* Reads and drops what fd holds, waiting for more until its EOF or the
- * deadline (one already past: no wait); returns how many bytes. */
+static void nonblocking(int fd)
+{
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+/* Becomes the smtpd on pipes in and out, environment env. Every other
+ * descriptor of ours is close-on-exec but the UCSPI-TLS ones, open until
+ * the handshake. failfd carries one byte to the proxy if the exec fails,
+ * so that the failure is logged once. */
+static void smtpd_exec(char **env, int in, int out, int failfd)
+{
+  int e;
+  if (dup2(in, 0) < 0 || dup2(out, 1) < 0) fatal(111, "unable to set up the smtpd's stdin and stdout: %s", strerror(errno));
+  if (ctlfd >= 0) closeabove2(ctlfd);
+  if (readfd >= 0) closeabove2(readfd);
+  if (writefd >= 0) closeabove2(writefd);
+  sigaction(SIGPIPE, &pipeact, 0);
+  /* POSIX: assigning environ is how a whole new environment is given to execvp */
+  environ = env;
+  execvp(smtpd_argv[0], smtpd_argv);
+  e = errno;
+  while (write(failfd, "x", 1) < 0 && errno == EINTR) ;
+  fatal(111, "unable to exec %s: %s", smtpd_argv[0], strerror(e));
+}
+
+/* Makes the smtpd's pipes and forks; the smtpd is the parent (the pid the
+ * super-server knows) unless child is set (-e). Returns in the proxy. */
+static void start_smtpd(char **env, int child)
+{
+  int in[2], out[2], fail[2];
+  pid_t pid;
+  mkpipe(in);
+  mkpipe(out);
+  mkpipe(fail);
+  pid = fork();
+  if (pid < 0) fatal(111, "fork: %s", strerror(errno));
+  if (child ? !pid : pid > 0) smtpd_exec(env, in[0], out[1], fail[1]);
+  if (child) smtpd_pid = pid;
+  close(in[0]);
+  close(out[1]);
+  close(fail[1]);
+  execfail_r = fail[0];
+  /* these pipe ends are ours alone: never blocking */
+  nonblocking(in[1]);
+  nonblocking(out[0]);
+  smtpd_r = out[0];
+  smtpd_w = in[1];
+}
+
+/* Reads and drops what fd holds, waiting for more until its EOF, the
+ * deadline (one already past: no wait) or a SIGTERM that ends the session
+ * (-e); returns how many bytes. */
 static size_t drop(int fd, long long deadline)
 {
   char junk[512];
   size_t dropped = 0;
-  while (io_wait(fd, POLLIN, deadline) > 0) {
-    ssize_t n = read(fd, junk, sizeof junk);
+  for (;;) {
+    struct pollfd p[2];
+    ssize_t n;
+    int r;
+    p[0].fd = fd; p[0].events = POLLIN;
+    p[1].fd = term[0]; p[1].events = POLLIN;
+    r = poll(p, 2, io_left(deadline));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0 || p[1].revents) break;
+    n = read(fd, junk, sizeof junk);
     if (!n || (n < 0 && !again())) break;
     if (n > 0) dropped += (size_t)n;
   }
@@ -210,15 +290,15 @@ static size_t drop(int fd, long long deadline)
  * read to its end, all by deadline. Under sslserver this process's exit
  * closes the control socket and the super-server kills the smtpd then; a
  * client that closes after our EOF leaves the smtpd time to be gone. */
-static void linger(int sr, long long deadline)
+static void linger(long long deadline)
 {
   if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
-  drop(sr, deadline);
+  drop(smtpd_r, deadline);
   relay_eof(1, 0);
   drop(0, deadline);
 }
 
-static void finish(int sr)
+static void finish(void)
 {
   const char *out;
   size_t n = smtp_client_output(&engine, &out), done = 0;
@@ -226,10 +306,11 @@ static void finish(int sr)
   long long deadline = smtpd_ended ? drainend : io_deadline(drainbound());
   char c;
   io_writeall(1, out, n, &done, deadline);
-  linger(sr, deadline);
+  linger(deadline);
   switch (smtp_why(&engine)) {
   case SMTP_WHY_SERVERBROKEN: fatal(1, "the smtpd sent a line that is not an SMTP reply");
   case SMTP_WHY_SERVERLONG: fatal(1, "the smtpd sent a reply line longer than %d bytes", SMTP_REPLYMAX);
+  case SMTP_WHY_GREETING: warn("the smtpd after TLS refused the session: closing"); break;
   case SMTP_WHY_ERRORS: warn("client sent too many malformed lines: closing"); break;
   case SMTP_WHY_TIMEOUT:
     if (drained) warn("the client's side still open %lu ms after the smtpd's output ended: closing", drainbound());
@@ -249,12 +330,55 @@ static void move_to(int from, int to)
   if (dup2(from, to) < 0) fatal(111, "unable to move the TLS descriptors: %s", strerror(errno));
 }
 
-static void handshake(int sr)
+static void onterm(int sig)
+{
+  int e = errno;
+  (void)sig;
+  ssize_t r;
+  termed = 1;
+  r = write(term[1], "", 1);
+  (void)r;
+  errno = e;
+}
+
+/* -e, after TLS: the first smtpd is told to go, a new one starts with the
+ * block's variables, and a SIGTERM (sslserver's at the end of TLS) ends
+ * the session instead of this process, whose exit status must be the
+ * smtpd's. Until then SIGTERM kills as it would kill the smtpd without -e. */
+static void renew(const struct ucspitls_block *b)
+{
+  struct sigaction sa;
+  if (b->over)
+    warn("the UCSPI-TLS information block is over %lu bytes: the smtpd after TLS gets none of its variables",
+         UCSPITLS_KEEPMAX);
+  /* a full pipe means it reads nothing, and EOF says the same */
+  ssize_t r = write(smtpd_w, "QUIT\r\n", 6);
+  (void)r;
+  close(smtpd_w);
+  close(execfail_r);
+  first_r = smtpd_r;
+  first_pid = smtpd_pid;
+  smtpd_r = smtpd_w = execfail_r = -1;
+  smtpd_ended = 0;
+  drainend = 0;
+  start_smtpd(smtpd_environ(b), 1);
+  mkpipe(term);
+  nonblocking(term[1]);
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = onterm;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, 0);
+}
+
+static void handshake(void)
 {
   struct ucspitls_block b;
   size_t dropped;
   int r, w;
-  enum ucspitls_result res = ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), &b);
+  enum ucspitls_result res;
+  ucspitls_block_init(&b);
+  if (fresh) ucspitls_block_keep(&b, keepbuf, sizeof keepbuf);
+  res = ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), &b);
   if (res == UCSPITLS_TOOBIG) fatal(1, "the UCSPI-TLS information block is over %lu bytes", UCSPITLS_BLOCKMAX);
   if (res == UCSPITLS_ERROR) fatal(111, "unable to talk to the UCSPI-TLS server: %s", strerror(errno));
   if (res == UCSPITLS_FAILED) { warn("TLS handshake failed"); leave(1); }
@@ -262,6 +386,7 @@ static void handshake(int sr)
   info("TLS started: protocol %s, cipher %s", b.protocol[0] ? b.protocol : "unknown",
        b.cipher[0] ? b.cipher : "unknown");
   if (ctlfd != readfd && ctlfd != writefd) close(ctlfd);
+  ctlfd = -1;
   /* the TLS pipes become fds 0/1; the raw socket is the TLS engine's now */
   r = fcntl(readfd, F_DUPFD, 3);
   w = fcntl(writefd, F_DUPFD, 3);
@@ -272,25 +397,44 @@ static void handshake(int sr)
   close(w);
   closeabove2(readfd);
   if (writefd != readfd) closeabove2(writefd);
+  readfd = writefd = -1;
   /* RFC 3207 4.2: nothing from before TLS counts, in either direction; an
    * EOF seen here is seen again by the session */
-  dropped = drop(sr, io_now()) + smtp_tls_started(&engine);
+  dropped = drop(smtpd_r, io_now());
+  if (fresh) renew(&b);
+  dropped += smtp_tls_started(&engine);
   if (dropped) info("discarded %lu bytes the smtpd sent before the TLS handshake", (unsigned long)dropped);
 }
 
-static void relay(int sr, int sw)
+static void relay(void)
 {
   struct smtp_leftover l;
   enum relay_result res;
-  int i;
+  int i, sr = smtpd_r, sw = smtpd_w;
   smtp_leftover(&engine, &l);
   for (i = 0; i < 2; i++)
     if (relay_preload(RELAY_TOCLIENT, l.toclient[i], l.toclientlen[i]) < 0
         || relay_preload(RELAY_TOSERVER, l.toserver[i], l.toserverlen[i]) < 0)
       fatal(111, "relay buffers too small for the leftovers");
+  if (ioconnect && fresh) {
+    /* this process waits for the smtpd: another becomes s6-ioconnect */
+    pid_t pid = fork();
+    if (pid < 0) fatal(111, "fork: %s", strerror(errno));
+    if (pid) {
+      relay_pid = pid;
+      close(0);
+      close(1);
+      leave(0);
+    }
+    fresh = 0;
+    signal(SIGTERM, SIG_DFL);
+  }
   if (ioconnect) {
     /* s6-ioconnect starts with empty buffers: the leftovers go first */
     if (!relay_flush(1, sw, io_deadline(relaytimeout))) {
+      /* the smtpd's pipes are the ones it must keep */
+      fcntl(sr, F_SETFD, 0);
+      fcntl(sw, F_SETFD, 0);
       relay_exec(sr, sw, relaytimeout);
       info("unable to exec s6-ioconnect: %s: using the built-in relay", strerror(errno));
     } else if (errno == ETIMEDOUT) {
@@ -298,7 +442,7 @@ static void relay(int sr, int sw)
       leave(99);
     }
   }
-  res = relay_run(0, 1, sr, sw, relaytimeout, drainbound());
+  res = relay_run(0, 1, sr, sw, relaytimeout, drainbound(), fresh ? term[0] : -1);
   switch (res) {
   case RELAY_ERROR: fatal(111, "relay: %s", strerror(errno));
   case RELAY_IDLE: warn("relay: no traffic for %lu ms: closing", relaytimeout); break;
@@ -326,34 +470,49 @@ static void smtpd_end(void)
   drainend = io_deadline(drainbound());
 }
 
-static void session(int sr, int sw)
+/* -e, after TLS: the super-server's SIGTERM ends the session: what the
+ * client was owed goes out if it can at once, the smtpd gets EOF and is
+ * waited for. */
+static void terminated(void)
+{
+  const char *out;
+  size_t n = smtp_client_output(&engine, &out), done = 0;
+  info("SIGTERM: ending the session");
+  io_writeall(1, out, n, &done, io_now());
+  linger(io_now());
+  leave(0);
+}
+
+static void session(void)
 {
   long long deadline = io_deadline(timeout);
-  int swopen = 1;
   for (;;) {
-    struct pollfd p[4];
+    struct pollfd p[5];
     const char *out, *sout = 0;
     char *cin = 0, *sin = 0;
     size_t cout, soutn, croom, sroom;
-    int moved = 0, r;
+    int moved = 0, r, sr, sw;
     enum smtp_status st = smtp_status(&engine);
     cout = smtp_client_output(&engine, &out);
-    if (st == SMTP_CLOSE) finish(sr);
-    if (st == SMTP_RELAY) relay(sr, sw);
-    if (st == SMTP_STARTTLS && !cout) { handshake(sr); deadline = io_deadline(timeout); continue; }
+    if (st == SMTP_CLOSE) finish();
+    if (st == SMTP_RELAY) relay();
+    if (st == SMTP_STARTTLS && !cout) { handshake(); deadline = io_deadline(timeout); continue; }
     /* checked on every turn: a client that keeps sending keeps poll from timing out */
     if (smtpd_ended && drainend && !io_left(drainend)) { drained = 1; smtp_timeout(&engine); continue; }
-    if (swopen && smtp_server_done(&engine)) { close(sw); swopen = 0; smtpd_w = -1; }
+    if (smtpd_w >= 0 && smtp_server_done(&engine)) { close(smtpd_w); smtpd_w = -1; }
+    sr = smtpd_r;
+    sw = smtpd_w;
     croom = smtp_client_room(&engine, &cin);
     sroom = smtp_server_room(&engine, &sin);
-    soutn = swopen ? smtp_server_output(&engine, &sout) : 0;
+    soutn = sw >= 0 ? smtp_server_output(&engine, &sout) : 0;
     p[0].fd = croom ? 0 : -1; p[0].events = POLLIN;
     p[1].fd = cout ? 1 : -1; p[1].events = POLLOUT;
     /* watched even when it is not read, so that its hang-up is seen while
      * the client holds our buffers full */
     p[2].fd = sroom || !smtpd_ended ? sr : -1; p[2].events = sroom ? POLLIN : 0;
     p[3].fd = soutn ? sw : -1; p[3].events = POLLOUT;
-    r = poll(p, 4, io_left(sooner(deadline, smtpd_ended ? drainend : 0)));
+    p[4].fd = term[0]; p[4].events = POLLIN;
+    r = poll(p, 5, io_left(sooner(deadline, smtpd_ended ? drainend : 0)));
     if (r < 0) {
       if (errno == EINTR) continue;
       fatal(111, "poll: %s", strerror(errno));
@@ -362,6 +521,7 @@ static void session(int sr, int sw)
       if (!io_left(deadline)) smtp_timeout(&engine);
       continue;
     }
+    if (p[4].revents) terminated();
     if (p[1].revents) {
       /* fd 1 may be the super-server's socket, left blocking: small writes */
       ssize_t w = write(1, out, cout > 512 ? 512 : cout);
@@ -382,7 +542,7 @@ static void session(int sr, int sw)
         moved = 1;
         /* the pipe is ours and non-blocking: pass the bytes on at once, so
          * that the smtpd starts on them one poll sooner (message content) */
-        if (swopen && (soutn = smtp_server_output(&engine, &sout)) > 0) {
+        if (sw >= 0 && (soutn = smtp_server_output(&engine, &sout)) > 0) {
           ssize_t w = write(sw, sout, soutn);
           if (w > 0) smtp_server_sent(&engine, (size_t)w);
         }
@@ -399,12 +559,49 @@ static void session(int sr, int sw)
   }
 }
 
+/* -e: the end of this process, the one the super-server knows: after
+ * the smtpd (and the relay) have ended, as the smtpd ended. A SIGTERM
+ * meanwhile is passed on, to the relay first (its end is the smtpd's EOF),
+ * as it would have reached the smtpd without -e. */
+static void finale(void)
+{
+  int status = 0, st;
+  /* a SIGTERM so far has been served: it ended the session */
+  termed = 0;
+  if (first_r >= 0) close(first_r);
+  first_r = -1;
+  if (first_pid && waitpid(first_pid, &st, WNOHANG) == 0) kill(first_pid, SIGTERM);
+  while (smtpd_pid || relay_pid) {
+    pid_t pid;
+    if (termed) {
+      termed = 0;
+      kill(relay_pid ? relay_pid : smtpd_pid, SIGTERM);
+    }
+    pid = waitpid(-1, &st, 0);
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      fatal(111, "waitpid: %s", strerror(errno));
+    }
+    if (pid == smtpd_pid) { status = st; smtpd_pid = 0; }
+    if (pid == relay_pid) relay_pid = 0;
+    if (pid == first_pid) first_pid = 0;
+  }
+  if (first_pid) waitpid(first_pid, &st, WNOHANG);
+  if (WIFSIGNALED(status)) {
+    /* the same death, without a core file of ours */
+    struct rlimit rl;
+    rl.rlim_cur = rl.rlim_max = 0;
+    setrlimit(RLIMIT_CORE, &rl);
+    signal(WTERMSIG(status), SIG_DFL);
+    raise(WTERMSIG(status));
+  }
+  _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 111);
+}
+
 int main(int argc, char **argv)
 {
-  int toserver[2], fromserver[2], execfail[2], p[6];
-  pid_t pid;
   (void)argc;
-  argv = options(argv);
+  smtpd_argv = argv = options(argv);
   if (!*argv) usage();
   ctlfd = getfd("SSLCTLFD");
   readfd = getfd("SSLREADFD");
@@ -413,26 +610,10 @@ int main(int argc, char **argv)
     fatal(100, "fds 0 and 1 must be the client connection");
   if (fcntl(2, F_GETFD) < 0 && open("/dev/null", O_WRONLY) != 2)
     fatal(111, "unable to open /dev/null as fd 2: %s", strerror(errno));
-  if (pipe(toserver) < 0 || pipe(fromserver) < 0 || pipe(execfail) < 0)
-    fatal(111, "pipe: %s", strerror(errno));
-  fcntl(execfail[0], F_SETFD, FD_CLOEXEC);
-  fcntl(execfail[1], F_SETFD, FD_CLOEXEC);
-  p[0] = toserver[0]; p[1] = toserver[1]; p[2] = fromserver[0]; p[3] = fromserver[1];
-  p[4] = execfail[0]; p[5] = execfail[1];
-  pid = fork();
-  if (pid < 0) fatal(111, "fork: %s", strerror(errno));
-  if (pid) smtpd(argv, toserver[0], fromserver[1], p);
+  sigaction(SIGPIPE, 0, &pipeact);
+  start_smtpd(smtpd_environ(0), fresh);
   signal(SIGPIPE, SIG_IGN);
-  close(toserver[0]);
-  close(fromserver[1]);
-  close(execfail[1]);
-  execfail_r = execfail[0];
-  /* these pipe ends are ours alone: never blocking */
-  fcntl(toserver[1], F_SETFL, fcntl(toserver[1], F_GETFL) | O_NONBLOCK);
-  fcntl(fromserver[0], F_SETFL, fcntl(fromserver[0], F_GETFL) | O_NONBLOCK);
-  smtpd_r = fromserver[0];
-  smtpd_w = toserver[1];
   smtp_init(&engine, flags);
-  session(fromserver[0], toserver[1]);
+  session();
   return 0;
 }

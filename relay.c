@@ -167,7 +167,7 @@ static long long sooner(long long a, long long b)
 }
 
 enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
-                            unsigned long idle, unsigned long drain)
+                            unsigned long idle, unsigned long drain, int stopfd)
 {
   int fds[4], fl[4], i, saved, hup = 0, draining = 0;
   struct flow *up = &flows[RELAY_TOSERVER], *down = &flows[RELAY_TOCLIENT];
@@ -185,7 +185,7 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
 #endif
   idleend = io_deadline(idle);
   for (;;) {
-    struct pollfd p[4];
+    struct pollfd p[5];
     long long deadline;
     int r, movedup, moveddown;
     if (up->eof && up->len == up->off && !up->ended) endflow(up, 0);
@@ -219,13 +219,15 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
     /* not read for now, the smtpd's pipe is still watched for its hang-up,
      * which poll reports with no event asked */
     if (!p[2].events && !down->eof && !hup) p[2].fd = sfdr;
-    r = poll(p, 4, io_left(deadline));
+    p[4].fd = up->eof ? -1 : stopfd; p[4].events = POLLIN;
+    r = poll(p, 5, io_left(deadline));
     if (r < 0) {
       if (errno == EINTR) continue;
       res = RELAY_ERROR;
       break;
     }
     if (!r) continue;
+    if (p[4].revents) up->eof = 1;
     if (!p[2].events && p[2].revents) {
       hup = 1;
       p[2].revents = 0;

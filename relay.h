@@ -41,8 +41,9 @@ void relay_exec(int sfdr, int sfdw, unsigned long timeout);
  * so that a TLS engine never loses its pipe while it still holds our last
  * bytes; from the end of the smtpd's output, everything ends within drain
  * ms (0: no bound), whatever the client does. Descriptor flags are as they
- * were on return. */
+ * were on return. stopfd (-1: none) readable: the client's side counts as
+ * ended from then on, as if it had sent EOF. */
 enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
-                            unsigned long idle, unsigned long drain);
+                            unsigned long idle, unsigned long drain, int stopfd);
 
 #endif

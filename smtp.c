@@ -8,7 +8,7 @@
 
 /* What a queue entry owes the client. Values from Q_LOCAL on are local
  * replies, indexed into replies[]. */
-enum { Q_FWD, Q_EHLO, Q_STARTTLS, Q_DATA, Q_LOCAL };
+enum { Q_FWD, Q_EHLO, Q_STARTTLS, Q_DATA, Q_GREET, Q_LOCAL };
 
 enum reply {
   R_TLSFIRST, R_BADSEQ, R_UNKNOWN, R_STARTTLSARGS, R_PIPELINED, R_AFTERSTARTTLS,
@@ -209,7 +209,9 @@ static void c_starttls(struct smtp *e, const struct cmd *c)
     e->poison = e->cinlen;
     return;
   }
-  forward(e, "RSET\r\n", 6, Q_STARTTLS);
+  /* a new smtpd follows TLS: this one has nothing to forget */
+  if (e->flags & SMTP_FRESH) local(e, R_TLSREADY);
+  else forward(e, "RSET\r\n", 6, Q_STARTTLS);
   e->phase = SMTP_P_TLSWAIT;
 }
 
@@ -448,7 +450,8 @@ static int parse_client(struct smtp *e)
       off += k;
       continue;
     }
-    if (e->datawait || e->qlen >= SMTP_QMAX - 1) break;
+    /* a new smtpd's commands wait for its greeting, as a client's would */
+    if (e->datawait || e->qlen >= SMTP_QMAX - 1 || (e->qlen && qkind(e, 0) == Q_GREET)) break;
     lf = memchr(s, '\n', left);
     limit = left >= 5 && wordis(s, 5, "auth ") ? SMTP_AUTHMAX : SMTP_CMDMAX;
     if (e->skipping) {
@@ -551,6 +554,12 @@ static void end_reply(struct smtp *e)
   e->coutcommit = e->coutlen;
   memcpy(e->lastcode, e->rcode, 3);
   if (kind < 0) return;
+  if (kind == Q_GREET) {
+    /* the client had its greeting before TLS: this one is ours */
+    qpop(e);
+    if (e->rcode[0] != '2') closeup(e, SMTP_WHY_GREETING, 1, R_GONE);
+    return;
+  }
   if (kind == Q_STARTTLS) {
     if (!memcmp(e->rcode, "421", 3)) {
       /* the smtpd is closing: that is the client's answer */
@@ -596,8 +605,10 @@ static int reply_line(struct smtp *e, const char *line, size_t len)
     e->rewrite = e->rkind == Q_EHLO && line[0] == '2';
   }
   if (e->rewrite) rewrite_line(e, line, len, first);
-  /* the reply to our RSET is ours, unless the smtpd is closing */
-  else if (e->rkind != Q_STARTTLS || !memcmp(e->rcode, "421", 3)) append(e, line, len);
+  /* the reply to our RSET is ours, unless the smtpd is closing; so is
+   * the greeting of a new smtpd after TLS */
+  else if (e->rkind != Q_GREET && (e->rkind != Q_STARTTLS || !memcmp(e->rcode, "421", 3)))
+    append(e, line, len);
   if (last) end_reply(e);
   return 1;
 }
@@ -853,6 +864,11 @@ size_t smtp_tls_started(struct smtp *e)
   e->chunking = 0;
   e->quit = 0;
   memset(e->lastcode, 0, sizeof e->lastcode);
+  if (e->flags & SMTP_FRESH) {
+    e->sin_eof = 0;
+    e->inreply = 0;
+    qpush(e, Q_GREET);
+  }
   advance(e);
   return dropped;
 }

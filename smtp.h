@@ -25,6 +25,8 @@
 /* flags for smtp_init() */
 #define SMTP_REQUIRETLS 1    /* -r: nothing but EHLO/HELO/STARTTLS/NOOP/RSET/HELP/QUIT before TLS */
 #define SMTP_PLAINAUTH 2     /* -a: AUTH allowed (and advertised) before TLS */
+#define SMTP_FRESH 4         /* -e: a new smtpd serves after TLS: no RSET at STARTTLS,
+                                and its greeting is the engine's, not the client's */
 
 /* what smtp_status() asks of the caller */
 enum smtp_status {
@@ -39,6 +41,7 @@ enum smtp_why {
   SMTP_WHY_NONE,
   SMTP_WHY_SERVEREOF,     /* smtpd closed its output */
   SMTP_WHY_SERVER421,     /* smtpd answered our RSET with 421 */
+  SMTP_WHY_GREETING,      /* with SMTP_FRESH, the smtpd after TLS greeted with no 2xx */
   SMTP_WHY_SERVERBROKEN,  /* smtpd sent something that is not an SMTP reply */
   SMTP_WHY_SERVERLONG,    /* smtpd sent a reply line over SMTP_REPLYMAX */
   SMTP_WHY_ERRORS,        /* client sent too many malformed lines */
@@ -49,7 +52,8 @@ enum smtp_why {
  * be static. */
 enum smtp_phase {
   SMTP_P_PLAIN,     /* before TLS, nothing decided: STARTTLS is offered */
-  SMTP_P_TLSWAIT,   /* STARTTLS taken: the reply to our RSET, then the 220, awaited */
+  SMTP_P_TLSWAIT,   /* STARTTLS taken: the reply to our RSET (none with SMTP_FRESH),
+                       then the 220, awaited */
   SMTP_P_HANDSHAKE, /* 220 sent: the caller does the handshake */
   SMTP_P_GATE,      /* TLS up, the client's new EHLO awaited */
   SMTP_P_CLEAR,     /* TLS declined: the engine stays in the middle to the end */
@@ -144,7 +148,9 @@ enum smtp_why smtp_why(const struct smtp *e);
 /* The handshake succeeded: the client now speaks through TLS and must EHLO
  * again. Whatever the smtpd sent before is dropped (RFC 3207 4.2): returns
  * how many bytes, for the log; the caller drops what it has read since the
- * 220 as well. */
+ * 220 as well. With SMTP_FRESH the caller has started a new smtpd: its
+ * greeting is awaited and kept from the client, whose commands wait for it;
+ * one that is not 2xx closes the session with a 421 (SMTP_WHY_GREETING). */
 size_t smtp_tls_started(struct smtp *e);
 /* No traffic for too long: queues 421 and closes. */
 void smtp_timeout(struct smtp *e);

@@ -57,12 +57,22 @@ static void entry_end(struct ucspitls_block *b)
   b->namelen = b->vallen = 0;
 }
 
+void ucspitls_block_keep(struct ucspitls_block *b, char *buf, size_t cap)
+{
+  b->keep = buf;
+  b->keepcap = cap;
+}
+
 size_t ucspitls_block_feed(struct ucspitls_block *b, const char *s, size_t n)
 {
   size_t i, cap;
   for (i = 0; i < n && !b->done; i++) {
     char c = s[i];
     b->total++;
+    if (b->keep && !b->over && !(c == 0 && b->prevnul)) {
+      if (b->kept < b->keepcap) b->keep[b->kept++] = c;
+      else b->over = 1;
+    }
     if (!c) {
       if (b->prevnul) b->done = 1;
       else entry_end(b);
@@ -90,7 +100,6 @@ enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline,
 {
   char buf[4096];
   ssize_t r;
-  ucspitls_block_init(b);
   for (;;) {
     r = write(ctl, "Y", 1);
     if (r == 1) break;
@@ -114,4 +123,57 @@ enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline,
     if (b->total > UCSPITLS_BLOCKMAX) return UCSPITLS_TOOBIG;
   }
   return UCSPITLS_OK;
+}
+
+static size_t namelen(const char *s)
+{
+  return strcspn(s, "=");
+}
+
+static long find(char **env, size_t n, const char *name, size_t len)
+{
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (namelen(env[i]) == len && !memcmp(env[i], name, len)) return (long)i;
+  return -1;
+}
+
+/* The kept entry at *at, advancing *at past it; null after the last
+ * complete one (a block cut short by EOF may end inside an entry). */
+static char *next(const struct ucspitls_block *b, size_t *at)
+{
+  char *s = b->keep + *at, *end;
+  if (*at >= b->kept || !(end = memchr(s, 0, b->kept - *at))) return 0;
+  *at += (size_t)(end - s) + 1;
+  return s;
+}
+
+long ucspitls_env(const struct ucspitls_block *b, char **env, size_t n, size_t max,
+                  int (*skip)(const char *))
+{
+  size_t at = 0, sets = 0;
+  char *entry;
+  if (!b->keep || b->over) return (long)n;
+  /* room first, so that env is never left half done */
+  while ((entry = next(b, &at)) != 0)
+    if (entry[namelen(entry)] == '=') sets++;
+  if (n + sets + 1 > max) return -1;
+  at = 0;
+  while ((entry = next(b, &at)) != 0) {
+    size_t len = namelen(entry);
+    long i = find(env, n, entry, len);
+    if (!len || (skip && skip(entry))) continue;
+    if (entry[len] == '=') {
+      if (i >= 0) env[i] = entry;
+      else env[n++] = entry;
+      continue;
+    }
+    while (i >= 0) {
+      memmove(env + i, env + i + 1, (n - (size_t)i - 1) * sizeof *env);
+      n--;
+      i = find(env, n, entry, len);
+    }
+  }
+  env[n] = 0;
+  return (long)n;
 }

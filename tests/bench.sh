@@ -17,6 +17,8 @@ build() {
 cp smtpd-starttls-proxy-io "$w/proxy"
 strip "$w/proxy"
 set -- floor=floor default="$w/proxy"
+# -e: a new smtpd after TLS, the proxy waiting for it
+set -- "$@" fresh="$w/proxy,-e"
 if command -v s6-ioconnect >/dev/null; then
   set -- "$@" ioconnect="$w/proxy,-S"
 else

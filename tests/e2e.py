@@ -66,7 +66,7 @@ def finished(bed, expect_exit=True):
     left = bed.leftovers()
     check(not left, "processes left behind: %s" % left)
     env = (bed.file("env") or b"").decode()
-    for line in env.splitlines():
+    for line in env.split("\0"):
         name = line.split("=", 1)[0]
         check(not any(name == s or (s.endswith(":") and name.startswith(s)) for s in SECRETS),
               "smtpd environment holds %s" % name)

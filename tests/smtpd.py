@@ -5,7 +5,9 @@
 
 Records every command line in DIR/commands (one per line, as received
 minus CRLF), each message body in DIR/msg-N, its environment in DIR/env and
-its open fds in DIR/fds. Options:
+its open fds in DIR/fds; the same for each smtpd started in DIR, numbered
+from 1 in start order, in DIR/commands.N, env.N, fds.N, and how its input
+ended ("quit" or "eof") in DIR/end.N. Options:
   --single       one-line EHLO reply ("250 mx.test")
   --auth         advertise AUTH PLAIN LOGIN
   --starttls     advertise STARTTLS itself
@@ -22,6 +24,10 @@ its open fds in DIR/fds. Options:
   --after-rset T send the line T unasked right after the reply to RSET
   --write-timeout MS  exit when a reply could not be written for MS, as
                  qmail-smtpd does; the time of that exit goes in DIR/write-timeout
+  --exit-code C  exit with C when the session ends (QUIT or EOF)
+  --first-lingers MS  the first smtpd in DIR stays MS after its session
+                 ends, then says 421 unasked and exits 3 (an idle timeout)
+  --second-greeting T  the greeting of the second smtpd in DIR
 A "|" in the greeting separates lines.
 """
 import os
@@ -35,7 +41,8 @@ out_dir = args.pop(0)
 opt = {"single": False, "auth": False, "starttls": False, "greeting": "220 mx.test ESMTP test",
        "exit-at": None, "slow": 0, "help-lines": 3, "ehlo-pad": 0,
        "idle-421": 0, "unique": False, "ext": [], "rset-421": False, "ehlo-cut": False,
-       "after-rset": None, "write-timeout": 0}
+       "after-rset": None, "write-timeout": 0, "exit-code": 0,
+       "first-lingers": 0, "second-greeting": None}
 while args:
     a = args.pop(0)[2:]
     if a in ("single", "auth", "starttls", "unique", "rset-421", "ehlo-cut"):
@@ -57,12 +64,33 @@ try:
             pass
 except OSError:
     fdlines = []
-with open(os.path.join(out_dir, "fds"), "w") as f:
-    f.write("".join(l for l in fdlines if "/proc/" not in l))
+
+def claim():
+    """This smtpd's number in DIR: the first env.N free."""
+    n = 1
+    while True:
+        try:
+            os.close(os.open(os.path.join(out_dir, "env.%d" % n), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return n
+        except FileExistsError:
+            n += 1
+
+
+instance = claim()
+for name in ("fds", "fds.%d" % instance):
+    with open(os.path.join(out_dir, name), "w") as f:
+        f.write("".join(l for l in fdlines if "/proc/" not in l))
 log = open(os.path.join(out_dir, "commands"), "ab", buffering=0)
-with open(os.path.join(out_dir, "env"), "w") as f:
-    for k, v in sorted(os.environ.items()):
-        f.write("%s=%s\n" % (k, v))
+mylog = open(os.path.join(out_dir, "commands.%d" % instance), "ab", buffering=0)
+for name in ("env", "env.%d" % instance):
+    with open(os.path.join(out_dir, name), "wb") as f:
+        for k, v in sorted(os.environb.items()):
+            f.write(k + b"=" + v + b"\0")
+
+
+def ended(how):
+    with open(os.path.join(out_dir, "end.%d" % instance), "w") as f:
+        f.write(how)
 
 
 def reply(s):
@@ -94,6 +122,8 @@ if int(opt["idle-421"]):
     signal.signal(signal.SIGALRM, idle)
     signal.setitimer(signal.ITIMER_REAL, int(opt["idle-421"]) / 1000)
 
+if instance == 2 and opt["second-greeting"]:
+    opt["greeting"] = opt["second-greeting"]
 reply(opt["greeting"].replace("|", "\r\n") + "\r\n")
 mail = False
 rcpts = 0
@@ -102,10 +132,12 @@ nmsg = len([n for n in os.listdir(out_dir) if n.startswith("msg-")])
 while True:
     line = inp.readline(100000)
     if not line:
+        ended("eof")
         break
     if int(opt["idle-421"]):
         signal.setitimer(signal.ITIMER_REAL, int(opt["idle-421"]) / 1000)
     log.write(line.rstrip(b"\r\n") + b"\n")
+    mylog.write(line.rstrip(b"\r\n") + b"\n")
     text = line.rstrip(b"\r\n").decode("latin-1")
     verb = text.split(" ", 1)[0].upper()
     arg = text[len(verb) + 1:]
@@ -178,6 +210,7 @@ while True:
         reply("454 4.7.0 no TLS here\r\n")
     elif verb == "QUIT":
         reply("221 2.0.0 bye\r\n")
+        ended("quit")
         break
     elif verb == "BDAT" and "CHUNKING" in opt["ext"]:
         size, last = arg.split(" ")[0], arg.upper().endswith("LAST")
@@ -193,3 +226,11 @@ while True:
         reply("252 2.1.5 cannot verify\r\n")
     else:
         reply("502 5.5.1 unknown command\r\n")
+if instance == 1 and int(opt["first-lingers"]):
+    time.sleep(int(opt["first-lingers"]) / 1000)
+    try:
+        reply("421 4.4.2 mx.test idle timeout\r\n")
+    except OSError:
+        pass
+    sys.exit(3)
+sys.exit(int(opt["exit-code"]))

@@ -629,6 +629,98 @@ static void starttls_client_gone(void)
   CHECK(smtp_server_done(&e));
 }
 
+/* --- -e: a new smtpd after TLS --- */
+
+/* Through the handshake with SMTP_FRESH: the first smtpd hears no RSET. */
+static void fresh_tls(void)
+{
+  greeted(SMTP_FRESH);
+  client("EHLO x\r\n");
+  CHECK_STR(toserver(), "EHLO x\r\n");
+  client("STARTTLS\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(), "");
+  server("250-mx.example\r\n250 8BITMIME\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250-8BITMIME\r\n250 STARTTLS\r\n220 2.0.0 Ready to start TLS\r\n");
+  CHECK(smtp_status(&e) == SMTP_STARTTLS);
+  CHECK_STR(toserver(), "");
+  CHECK(smtp_tls_started(&e) == 0);
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void fresh_greeting_is_ours(void)
+{
+  fresh_tls();
+  /* the client's EHLO waits for the new smtpd's greeting */
+  client("EHLO x\r\n");
+  CHECK_STR(toserver(), "");
+  server("220-new.example ESMTP\r\n220 hi\r\n");
+  CHECK_STR(toclient(), "");
+  CHECK_STR(toserver(), "EHLO x\r\n");
+  server("250-new.example\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n");
+  CHECK_STR(toclient(), "250-new.example\r\n250 AUTH PLAIN\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+}
+
+static void fresh_greeting_refused(void)
+{
+  fresh_tls();
+  server("554 5.7.1 go away\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK(smtp_why(&e) == SMTP_WHY_GREETING);
+  CHECK_STR(toclient(), "421 4.3.0 Mail server unavailable, closing connection\r\n");
+  CHECK(smtp_server_done(&e));
+}
+
+static void fresh_greeting_refused_ehlo_waiting(void)
+{
+  fresh_tls();
+  client("EHLO x\r\n");
+  server("421 4.3.2 busy\r\n");
+  /* one reply for the one command */
+  CHECK_STR(toclient(), "421 4.3.0 Mail server unavailable, closing connection\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+}
+
+static void fresh_smtpd_gone_before_greeting(void)
+{
+  fresh_tls();
+  client("EHLO x\r\n");
+  smtp_server_eof(&e);
+  CHECK_STR(toclient(), "421 4.3.0 Mail server unavailable, closing connection\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+}
+
+static void fresh_pipelined_starttls_refused(void)
+{
+  greeted(SMTP_FRESH);
+  client("STARTTLS\r\nNOOP\r\n");
+  CHECK_STR(toclient(), "503 5.5.1 STARTTLS must end a pipelined group: the commands sent after it are refused\r\n"
+            "503 5.5.1 Command sent after STARTTLS in the same group: refused\r\n");
+  CHECK_STR(toserver(), "");
+  client("NOOP\r\n");
+  client("STARTTLS\r\n");
+  client("NOOP\r\n"); /* came while the answer waited */
+  CHECK_STR(toserver(), "NOOP\r\n");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "250 ok\r\n503 5.5.1 STARTTLS must end a pipelined group: the commands sent after it are refused\r\n"
+            "503 5.5.1 Command sent after STARTTLS in the same group: refused\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+}
+
+static void fresh_waits_for_earlier_replies(void)
+{
+  greeted(SMTP_FRESH);
+  client("NOOP\r\n");
+  client("STARTTLS\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+  CHECK_STR(toclient(), "");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "250 ok\r\n220 2.0.0 Ready to start TLS\r\n");
+  CHECK(smtp_status(&e) == SMTP_STARTTLS);
+}
+
 static void tls(unsigned flags)
 {
   greeted(flags);
@@ -1217,5 +1309,11 @@ int main(void)
   RUN(smtpd_gone_nothing_owed);
   RUN(smtpd_gone_mid_data);
   RUN(gone_421s_wait_for_room);
+  RUN(fresh_greeting_is_ours);
+  RUN(fresh_greeting_refused);
+  RUN(fresh_greeting_refused_ehlo_waiting);
+  RUN(fresh_smtpd_gone_before_greeting);
+  RUN(fresh_pipelined_starttls_refused);
+  RUN(fresh_waits_for_earlier_replies);
   return check_failures != 0;
 }

@@ -181,6 +181,7 @@ static enum ucspitls_result exchange(const char *const *pieces, const size_t *le
   enum ucspitls_result r;
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
   pid = peer(sv[1], pieces, lens, keepopen);
+  ucspitls_block_init(&b);
   r = ucspitls_start(sv[0], onebyte, io_deadline(ms), &b);
   if (onebyte) {
     char c;
@@ -223,6 +224,7 @@ static void start_peer_gone(void)
   int sv[2];
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
   close(sv[1]);
+  ucspitls_block_init(&b);
   CHECK(ucspitls_start(sv[0], 0, io_deadline(1000), &b) == UCSPITLS_FAILED);
   close(sv[0]);
 }
@@ -258,6 +260,97 @@ static void start_toobig(void)
   CHECK(exchange(pieces, lens, 1, 0, 10000) == UCSPITLS_TOOBIG);
 }
 
+/* --- the block as the environment of the smtpd after TLS (-e) --- */
+
+static char keep[256];
+
+static long apply(const char *blk, size_t n, char **env, size_t len, size_t max)
+{
+  ucspitls_block_init(&b);
+  ucspitls_block_keep(&b, keep, sizeof keep);
+  CHECK(feed(blk, n) == n);
+  CHECK(b.done);
+  return ucspitls_env(&b, env, len, max, 0);
+}
+
+/* env as one string, entries joined by '|' */
+static const char *joined(char **env)
+{
+  static char out[1024];
+  size_t n = 0;
+  out[0] = 0;
+  for (; *env; env++) n += (size_t)sprintf(out + n, "%s%s", n ? "|" : "", *env);
+  return out;
+}
+
+static void env_sets_and_unsets(void)
+{
+  static const char blk[] = "SSL_PROTOCOL=TLSv1.3\0SSL_PEER_CERT_HASH\0PATH=/new\0A=b=c\0"
+                            "SSL_CERT=-----BEGIN\nxyz\n-----END\n\0EMPTY=\0\0";
+  char *env[16] = { "PATH=/bin", "SSL_PEER_CERT_HASH=stale", "TCPREMOTEIP=192.0.2.1",
+                    "SSL_PEER_CERT_HASH=again", 0 };
+  CHECK(apply(blk, sizeof blk - 1, env, 4, 16) == 6);
+  CHECK_STR(joined(env), "PATH=/new|TCPREMOTEIP=192.0.2.1|SSL_PROTOCOL=TLSv1.3|A=b=c|"
+            "SSL_CERT=-----BEGIN\nxyz\n-----END\n|EMPTY=");
+}
+
+static void env_later_entry_wins(void)
+{
+  static const char blk[] = "X=1\0X=2\0Y=1\0Y\0=nameless\0\0";
+  char *env[8] = { 0 };
+  CHECK(apply(blk, sizeof blk - 1, env, 0, 8) == 1);
+  CHECK_STR(joined(env), "X=2");
+}
+
+static int noX(const char *s) { return s[0] == 'X'; }
+
+static void env_skip(void)
+{
+  static const char blk[] = "X=1\0Z=2\0\0";
+  char *env[8] = { "X=0", 0 };
+  ucspitls_block_init(&b);
+  ucspitls_block_keep(&b, keep, sizeof keep);
+  feed(blk, sizeof blk - 1);
+  CHECK(ucspitls_env(&b, env, 1, 8, noX) == 2);
+  CHECK_STR(joined(env), "X=0|Z=2");
+}
+
+static void env_no_room(void)
+{
+  static const char blk[] = "A=1\0B=2\0\0";
+  char *env[3] = { "C=3", 0, 0 };
+  CHECK(apply(blk, sizeof blk - 1, env, 1, 3) == -1);
+  CHECK_STR(joined(env), "C=3");
+}
+
+/* over the keep cap: warned about by the caller, and nothing applied */
+static void env_over_cap(void)
+{
+  static char blk[600];
+  char *env[4] = { "SSL_PROTOCOL=none", 0 };
+  size_t i;
+  for (i = 0; i + 2 < sizeof blk; i++) blk[i] = (i % 50 == 49) ? 0 : 'A';
+  blk[sizeof blk - 2] = 0;
+  blk[sizeof blk - 1] = 0;
+  memcpy(blk, "SSL_PROTOCOL=TLSv1.3", 21);
+  CHECK(apply(blk, sizeof blk, env, 1, 4) == 1);
+  CHECK(b.over);
+  CHECK_STR(b.protocol, "TLSv1.3"); /* the log still learns it */
+  CHECK_STR(joined(env), "SSL_PROTOCOL=none");
+}
+
+/* a block that EOF cut short keeps its complete entries only */
+static void env_cut_entry(void)
+{
+  static const char blk[] = "A=1\0B=2";
+  char *env[4] = { 0 };
+  ucspitls_block_init(&b);
+  ucspitls_block_keep(&b, keep, sizeof keep);
+  feed(blk, sizeof blk - 1);
+  CHECK(ucspitls_env(&b, env, 0, 4, 0) == 1);
+  CHECK_STR(joined(env), "A=1");
+}
+
 int main(void)
 {
   signal(SIGPIPE, SIG_IGN);
@@ -277,5 +370,11 @@ int main(void)
   RUN(start_timeout);
   RUN(start_shared_fd);
   RUN(start_toobig);
+  RUN(env_sets_and_unsets);
+  RUN(env_later_entry_wins);
+  RUN(env_skip);
+  RUN(env_no_room);
+  RUN(env_over_cap);
+  RUN(env_cut_entry);
   return check_failures != 0;
 }

@@ -47,7 +47,7 @@ def log(conn, *words):
     os.close(fd)
 
 
-def block(flavour, tls, certpem):
+def block(flavour, tls, certpem, pad=0):
     ver = tls.version() or ""
     cipher = (tls.cipher() or ("", "", 0))
     if flavour == "s6":
@@ -62,6 +62,8 @@ def block(flavour, tls, certpem):
                    "SSL_SERVER_S_DN=/CN=localhost",
                    "SSL_SERVER_CERT=" + certpem,
                    "SSL_CLIENT_CERT=", "SSL_CLIENT_S_DN="]
+    if pad:
+        entries.append("SSL_PAD=" + "p" * pad)
     return "".join(e + "\0" for e in entries).encode() + b"\0"
 
 
@@ -205,7 +207,9 @@ def engine(conn, args, sock, ctl, rpipe, wpipe, app):
     log(conn, "handshake-ok", tls.version(), tls.cipher()[0])
     if cmd == b"Y":
         certpem = open(args.cert).read()
-        os.write(ctl, block(args.flavour, tls, certpem))
+        data = block(args.flavour, tls, certpem, args.block_pad)
+        while data:
+            data = data[os.write(ctl, data):]
     if args.flavour == "s6":
         os.close(ctl)
     pump(conn, tls, rpipe, wpipe, args.flavour, args.libtls)
@@ -287,6 +291,8 @@ def main():
                    help="close the control socket at once, as a broken server would")
     p.add_argument("--libtls", action="store_true",
                    help="die, dropping what is unsent, when SSLREADFD's reader goes away early")
+    p.add_argument("--block-pad", type=int, default=0,
+                   help="one more block entry, SSL_PAD, with a value of this many octets")
     p.add_argument("prog", nargs="+")
     args = p.parse_args()
     LOG = args.log
