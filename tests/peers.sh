@@ -186,10 +186,11 @@ setup_courier() {
     fi
     wrapper courieresmtpd-stdio <<EOF
 #!/bin/sh
-# courieresmtpd-stdio OUTDIR: one courieresmtpd session on stdin/stdout;
-# the queue is OUTDIR/var/courier, each message a D* file under tmp/.
-[ \$# -ge 1 ] || { echo "usage: \$0 OUTDIR" >&2; exit 2; }
-exec '$here/peers/courieresmtpd-stdio' '$dir/root/courier' '$c' "\$1"
+# courieresmtpd-stdio OUTDIR [CMD...]: one courieresmtpd session on
+# stdin/stdout (or CMD, run in the same mount namespace instead); the queue
+# is OUTDIR/var/courier, each message a D* file under tmp/.
+[ \$# -ge 1 ] || { echo "usage: \$0 OUTDIR [CMD...]" >&2; exit 2; }
+exec '$here/peers/courieresmtpd-stdio' '$dir/root/courier' '$c' "\$@"
 EOF
 }
 
