@@ -2,7 +2,8 @@
 # Make third-party SMTP peers from Debian runnable by the tests, without
 # touching the system MTA (exim4-daemon-light stays installed):
 #
-#   tests/peers.sh [DIR]          (DIR defaults to tests/work/peers)
+#   tests/peers.sh [DIR]          (DIR defaults to tests/work-peers: not tests/work,
+#                                 which tests/run.py empties at each run)
 #
 # Packages that install without conflicts are installed with apt-get when
 # missing and we are root (qpsmtpd, msmtp, a few libraries). Packages that
@@ -18,7 +19,7 @@
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
-dir=${1:-$here/work/peers}
+dir=${1:-$here/work-peers}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 case $dir in
