@@ -18,7 +18,8 @@ Stdio smtpds (each writes what it accepts under outdir):
   postfix   Postfix sendmail -bs (stand-alone smtpd -S: no relay control)
 Clients: smtp_source(), posttls_finger() return an argv prefix.
 
-The peers folder is $PEERS_DIR, else tests/work/peers beside this file.
+The peers folder is $PEERS_DIR, else tests/work-peers beside this file (not under tests/work,
+which tests/run.py empties at each run).
 """
 import glob
 import os
@@ -38,7 +39,7 @@ _WRAPPER = {
 
 
 def peers_dir():
-    return os.environ.get("PEERS_DIR") or os.path.join(HERE, "work", "peers")
+    return os.environ.get("PEERS_DIR") or os.path.join(HERE, "work-peers")
 
 
 def _available():

@@ -2,7 +2,8 @@
 # Make third-party SMTP peers from Debian runnable by the tests, without
 # touching the system MTA (exim4-daemon-light stays installed):
 #
-#   tests/peers.sh [DIR]          (DIR defaults to tests/work/peers)
+#   tests/peers.sh [DIR]          (DIR defaults to tests/work-peers: not tests/work,
+#                                 which tests/run.py empties at each run)
 #
 # Packages that install without conflicts are installed with apt-get when
 # missing and we are root (qpsmtpd, msmtp, a few libraries). Packages that
@@ -18,7 +19,7 @@
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
-dir=${1:-$here/work/peers}
+dir=${1:-$here/work-peers}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 case $dir in
@@ -186,10 +187,11 @@ setup_courier() {
     fi
     wrapper courieresmtpd-stdio <<EOF
 #!/bin/sh
-# courieresmtpd-stdio OUTDIR: one courieresmtpd session on stdin/stdout;
-# the queue is OUTDIR/var/courier, each message a D* file under tmp/.
-[ \$# -ge 1 ] || { echo "usage: \$0 OUTDIR" >&2; exit 2; }
-exec '$here/peers/courieresmtpd-stdio' '$dir/root/courier' '$c' "\$1"
+# courieresmtpd-stdio OUTDIR [CMD...]: one courieresmtpd session on
+# stdin/stdout (or CMD, run in the same mount namespace instead); the queue
+# is OUTDIR/var/courier, each message a D* file under tmp/.
+[ \$# -ge 1 ] || { echo "usage: \$0 OUTDIR [CMD...]" >&2; exit 2; }
+exec '$here/peers/courieresmtpd-stdio' '$dir/root/courier' '$c' "\$@"
 EOF
 }
 
