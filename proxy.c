@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "io.h"
@@ -52,7 +53,16 @@ static char keepbuf[UCSPITLS_KEEPMAX]; /* the block's entries, the smtpd's after
 #define ENVMAX 4096
 static char *envbuf[ENVMAX];
 
+/* the session as the end line tells it (-v 2) */
+static char tag[80];         /* "pid N ip A": the super-server's pid and the client */
+static long long started;
+static const char *endwhy = "ended";
+static char tlsdesc[200];    /* protocol and cipher; empty: plaintext */
+static unsigned long long bytesin, bytesout; /* from and to the client, before the relay */
+static int endlogged;
+
 static void finale(void);
+static void endline(int code, const char *smtpd);
 
 /* Exits with every descriptor we opened closed, so a leak checker sees
  * only what we were given. */
@@ -63,6 +73,7 @@ static void leave(int code)
   if (execfail_r >= 0) close(execfail_r);
   smtpd_r = smtpd_w = execfail_r = -1;
   if (fresh) finale();
+  endline(code, 0);
   _exit(code);
 }
 
@@ -78,7 +89,7 @@ static void say(unsigned long level, const char *kind, const char *fmt, ...)
   int n;
   va_list ap;
   if (verbosity < level) return;
-  n = snprintf(buf, sizeof buf - 1, "%s: %s: ", PROG, kind);
+  n = snprintf(buf, sizeof buf - 1, "%s: %s: %s%s", PROG, kind, tag, tag[0] ? ": " : "");
   va_start(ap, fmt);
   n += vsnprintf(buf + n, sizeof buf - 1 - (size_t)n, fmt, ap);
   va_end(ap);
@@ -87,7 +98,7 @@ static void say(unsigned long level, const char *kind, const char *fmt, ...)
   while (write(2, buf, (size_t)n) < 0 && errno == EINTR) ;
 }
 
-#define fatal(code, ...) (say(0, "fatal", __VA_ARGS__), _exit(code))
+#define fatal(code, ...) (say(0, "fatal", __VA_ARGS__), endwhy = "fatal error", endline(code, 0), _exit(code))
 #define warn(...) say(1, "warning", __VA_ARGS__)
 #define info(...) say(2, "info", __VA_ARGS__)
 
@@ -167,13 +178,20 @@ static int getfd(const char *name)
   return -1;
 }
 
-/* What the smtpd must not learn: our descriptors, and where the TLS
- * server's key and certificates live. */
+/* What the smtpd must not learn: our descriptors, and the configuration
+ * of the TLS side, which s6-tlsd-io (s6-networking) and sslserver
+ * (ucspi-ssl) read from the environment they leave to the application:
+ * where the key and certificates live, the key's password, the identity
+ * and root the TLS engine takes. */
 static int secret(const char *s)
 {
   static const char *const exact[] = {
-    "SSLCTLFD", "SSLREADFD", "SSLWRITEFD", "CERTFILE", "KEYFILE", "CAFILE",
-    "CADIR", "TLS_UID", "TLS_GID"
+    "SSLCTLFD", "SSLREADFD", "SSLWRITEFD",
+    /* s6-tlsd-io */
+    "CERTFILE", "KEYFILE", "CAFILE", "CADIR", "TLS_UID", "TLS_GID",
+    /* sslserver, beyond those */
+    "CERTCHAINFILE", "CCAFILE", "CCAVERIFY", "DHFILE", "CIPHERS", "VERIFYDEPTH", "KEYPASS",
+    "SSL_UID", "SSL_GID", "SSL_USER", "SSL_GROUP", "SSL_CHROOT"
   };
   size_t i, n = strcspn(s, "=");
   for (i = 0; i < sizeof exact / sizeof exact[0]; i++)
@@ -205,6 +223,69 @@ static void closeabove2(int fd)
   if (fd > 2) close(fd);
 }
 
+/* "pid N ip A" for every log line: the pid the super-server logs (the
+ * smtpd's without -e, which keeps ours; ours with it) and the client's
+ * address as it set it, kept to what an address can hold. */
+static void mktag(void)
+{
+  const char *ip = getenv("TCPREMOTEIP");
+  char addr[48];
+  size_t n = 0;
+  if (!ip || !*ip) ip = getenv("SSLREMOTEIP");
+  for (; ip && *ip && n < sizeof addr - 1; ip++)
+    if ((*ip >= '0' && *ip <= '9') || (*ip >= 'a' && *ip <= 'f') || (*ip >= 'A' && *ip <= 'F')
+        || *ip == '.' || *ip == ':')
+      addr[n++] = *ip;
+  addr[n] = 0;
+  snprintf(tag, sizeof tag, n ? "pid %ld ip %s" : "pid %ld", (long)getpid(), addr);
+}
+
+/* One line per session at -v 2: how it went, how long, how many bytes,
+ * and the exit status: code (-1: s6-ioconnect's to come), or with -e
+ * smtpd, how the smtpd ended. */
+static void endline(int code, const char *smtpd)
+{
+  char status[48];
+  unsigned long long in = 0, out = 0, t;
+  if (endlogged || !started) return;
+  endlogged = 1;
+  relay_counts(&in, &out);
+  t = (unsigned long long)(io_now() - started);
+  if (smtpd) snprintf(status, sizeof status, "smtpd %s", smtpd);
+  else if (code < 0) snprintf(status, sizeof status, "exit s6-ioconnect's");
+  else snprintf(status, sizeof status, "exit %d", code);
+  info("end: %s, %s, %llu.%03llu s, %llu bytes in, %llu out, %s", tlsdesc[0] ? tlsdesc : "plaintext",
+       endwhy, t / 1000, t % 1000, bytesin + in, bytesout + out, status);
+}
+
+/* Copies of the client connection besides fds 0 and 1 (sslserver leaves
+ * one) are found by what they refer to and closed: neither the smtpd nor
+ * the relay may hold the raw connection. One poll(2) tells which of the
+ * first FDSCAN descriptors are open. */
+#define FDSCAN 256
+static void close_strays(void)
+{
+  struct pollfd p[FDSCAN];
+  struct stat c0, c1, st;
+  long max = sysconf(_SC_OPEN_MAX);
+  int n = max > 0 && max < FDSCAN ? (int)max : FDSCAN, i;
+  if (fstat(0, &c0) < 0 || fstat(1, &c1) < 0) return;
+  for (i = 3; i < n; i++) {
+    p[i - 3].fd = i;
+    p[i - 3].events = 0;
+  }
+  if (n <= 3 || poll(p, (nfds_t)(n - 3), 0) < 0) return;
+  for (i = 3; i < n; i++) {
+    if (p[i - 3].revents & POLLNVAL || i == ctlfd || i == readfd || i == writefd) continue;
+    if (fstat(i, &st) < 0) continue;
+    if ((st.st_dev == c0.st_dev && st.st_ino == c0.st_ino)
+        || (st.st_dev == c1.st_dev && st.st_ino == c1.st_ino)) {
+      close(i);
+      info("closed fd %d, a copy of the client connection", i);
+    }
+  }
+}
+
 /* Our pipes never reach the smtpd or the relay by accident. */
 static void mkpipe(int p[2])
 {
@@ -225,6 +306,7 @@ static void nonblocking(int fd)
 static void smtpd_exec(char **env, int in, int out, int failfd)
 {
   int e;
+  endlogged = 1; /* the session's end is not this process's to tell */
   if (dup2(in, 0) < 0 || dup2(out, 1) < 0) fatal(111, "unable to set up the smtpd's stdin and stdout: %s", strerror(errno));
   if (ctlfd >= 0) closeabove2(ctlfd);
   if (readfd >= 0) closeabove2(readfd);
@@ -306,17 +388,29 @@ static void finish(void)
   long long deadline = smtpd_ended ? drainend : io_deadline(drainbound());
   char c;
   io_writeall(1, out, n, &done, deadline);
+  bytesout += done;
   linger(deadline);
   switch (smtp_why(&engine)) {
   case SMTP_WHY_SERVERBROKEN: fatal(1, "the smtpd sent a line that is not an SMTP reply");
   case SMTP_WHY_SERVERLONG: fatal(1, "the smtpd sent a reply line longer than %d bytes", SMTP_REPLYMAX);
-  case SMTP_WHY_GREETING: warn("the smtpd after TLS refused the session: closing"); break;
-  case SMTP_WHY_ERRORS: warn("client sent too many malformed lines: closing"); break;
+  case SMTP_WHY_GREETING:
+    endwhy = "the smtpd after TLS refused";
+    warn("the smtpd after TLS refused the session: closing");
+    break;
+  case SMTP_WHY_ERRORS:
+    endwhy = "too many malformed lines";
+    info("client sent too many malformed lines: closing");
+    break;
   case SMTP_WHY_TIMEOUT:
+    endwhy = drained ? "drain bound" : "idle timeout";
     if (drained) warn("the client's side still open %lu ms after the smtpd's output ended: closing", drainbound());
     else warn("no traffic for %lu ms: closing", timeout);
     break;
+  case SMTP_WHY_SERVER421: endwhy = "the smtpd answered 421"; break;
+  case SMTP_WHY_QUIT: endwhy = "quit"; break;
+  case SMTP_WHY_CLIENTEOF: endwhy = "client closed without QUIT"; break;
   default:
+    endwhy = "the smtpd closed";
     /* the exec failure, if that is what it was, is logged already */
     if (code && read(execfail_r, &c, 1) != 1) warn("the smtpd closed with replies still owed");
     break;
@@ -381,8 +475,20 @@ static void handshake(void)
   res = ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), &b);
   if (res == UCSPITLS_TOOBIG) fatal(1, "the UCSPI-TLS information block is over %lu bytes", UCSPITLS_BLOCKMAX);
   if (res == UCSPITLS_ERROR) fatal(111, "unable to talk to the UCSPI-TLS server: %s", strerror(errno));
-  if (res == UCSPITLS_FAILED) { warn("TLS handshake failed"); leave(1); }
-  if (res == UCSPITLS_TIMEOUT) { warn("timed out waiting for the TLS handshake"); leave(99); }
+  /* what clients do, scanners most of all, is no warning for the operator */
+  if (res == UCSPITLS_FAILED) { endwhy = "TLS handshake failed"; info("TLS handshake failed"); leave(1); }
+  if (res == UCSPITLS_GONE) {
+    endwhy = "no UCSPI-TLS server";
+    warn("the UCSPI-TLS server is gone before the handshake");
+    leave(111);
+  }
+  if (res == UCSPITLS_TIMEOUT) {
+    endwhy = "TLS handshake timed out";
+    info("timed out waiting for the TLS handshake");
+    leave(99);
+  }
+  snprintf(tlsdesc, sizeof tlsdesc, "%s %s", b.protocol[0] ? b.protocol : "unknown",
+           b.cipher[0] ? b.cipher : "unknown");
   info("TLS started: protocol %s, cipher %s", b.protocol[0] ? b.protocol : "unknown",
        b.cipher[0] ? b.cipher : "unknown");
   if (ctlfd != readfd && ctlfd != writefd) close(ctlfd);
@@ -424,9 +530,11 @@ static void relay(void)
       relay_pid = pid;
       close(0);
       close(1);
+      endwhy = "s6-ioconnect relayed the rest";
       leave(0);
     }
     fresh = 0;
+    endlogged = 1;
     signal(SIGTERM, SIG_DFL);
   }
   if (ioconnect) {
@@ -435,6 +543,8 @@ static void relay(void)
       /* the smtpd's pipes are the ones it must keep */
       fcntl(sr, F_SETFD, 0);
       fcntl(sw, F_SETFD, 0);
+      endwhy = "s6-ioconnect relays the rest";
+      endline(-1, 0);
       relay_exec(sr, sw, relaytimeout);
       info("unable to exec s6-ioconnect: %s: using the built-in relay", strerror(errno));
     } else if (errno == ETIMEDOUT) {
@@ -442,15 +552,23 @@ static void relay(void)
       leave(99);
     }
   }
+  endlogged = 0; /* s6-ioconnect could not take it: ours to tell again */
   res = relay_run(0, 1, sr, sw, relaytimeout, drainbound(), fresh ? term[0] : -1);
   switch (res) {
   case RELAY_ERROR: fatal(111, "relay: %s", strerror(errno));
-  case RELAY_IDLE: warn("relay: no traffic for %lu ms: closing", relaytimeout); break;
-  case RELAY_STALLED: warn("relay: the client read nothing for %lu ms: closing", relaytimeout); break;
+  case RELAY_IDLE:
+    endwhy = "relay idle timeout";
+    warn("relay: no traffic for %lu ms: closing", relaytimeout);
+    break;
+  case RELAY_STALLED:
+    endwhy = "the client read nothing";
+    warn("relay: the client read nothing for %lu ms: closing", relaytimeout);
+    break;
   case RELAY_DRAIN:
+    endwhy = "drain bound";
     warn("relay: the client's side still open %lu ms after the smtpd's output ended: closing", drainbound());
     break;
-  case RELAY_OK: break;
+  case RELAY_OK: endwhy = "relayed to the end"; break;
   }
   leave(res == RELAY_OK ? 0 : 99);
 }
@@ -477,8 +595,10 @@ static void terminated(void)
 {
   const char *out;
   size_t n = smtp_client_output(&engine, &out), done = 0;
+  endwhy = "SIGTERM";
   info("SIGTERM: ending the session");
   io_writeall(1, out, n, &done, io_now());
+  bytesout += done;
   linger(io_now());
   leave(0);
 }
@@ -525,8 +645,12 @@ static void session(void)
     if (p[1].revents) {
       /* fd 1 may be the super-server's socket, left blocking: small writes */
       ssize_t w = write(1, out, cout > 512 ? 512 : cout);
-      if (w > 0) { smtp_client_sent(&engine, (size_t)w); moved = 1; }
-      else if (w < 0 && !again()) { info("client connection lost: %s", strerror(errno)); leave(1); }
+      if (w > 0) { smtp_client_sent(&engine, (size_t)w); moved = 1; bytesout += (unsigned long long)w; }
+      else if (w < 0 && !again()) {
+        endwhy = "client connection lost";
+        info("client connection lost: %s", strerror(errno));
+        leave(1);
+      }
     }
     if (p[3].revents) {
       ssize_t w = write(sw, sout, soutn);
@@ -538,6 +662,7 @@ static void session(void)
     if (p[0].revents && (croom = smtp_client_room(&engine, &cin)) > 0) {
       ssize_t n = read(0, cin, croom);
       if (n > 0) {
+        bytesin += (unsigned long long)n;
         smtp_client_input(&engine, (size_t)n);
         moved = 1;
         /* the pipe is ours and non-blocking: pass the bytes on at once, so
@@ -587,6 +712,12 @@ static void finale(void)
     if (pid == first_pid) first_pid = 0;
   }
   if (first_pid) waitpid(first_pid, &st, WNOHANG);
+  {
+    char how[32];
+    if (WIFSIGNALED(status)) snprintf(how, sizeof how, "signal %d", WTERMSIG(status));
+    else snprintf(how, sizeof how, "exit %d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    endline(0, how);
+  }
   if (WIFSIGNALED(status)) {
     /* the same death, without a core file of ours */
     struct rlimit rl;
@@ -602,6 +733,7 @@ int main(int argc, char **argv)
 {
   (void)argc;
   smtpd_argv = argv = options(argv);
+  mktag();
   if (!*argv) usage();
   ctlfd = getfd("SSLCTLFD");
   readfd = getfd("SSLREADFD");
@@ -611,6 +743,8 @@ int main(int argc, char **argv)
   if (fcntl(2, F_GETFD) < 0 && open("/dev/null", O_WRONLY) != 2)
     fatal(111, "unable to open /dev/null as fd 2: %s", strerror(errno));
   sigaction(SIGPIPE, 0, &pipeact);
+  close_strays();
+  started = io_now();
   start_smtpd(smtpd_environ(0), fresh);
   signal(SIGPIPE, SIG_IGN);
   smtp_init(&engine, flags);

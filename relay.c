@@ -27,6 +27,7 @@ struct flow {
   int splice;   /* bytes may go from one fd to the other inside the kernel */
 #endif
   size_t off, len;
+  unsigned long long in, out; /* bytes read from the source, written to the destination */
   char buf[RELAY_BUFSIZE];
 };
 
@@ -46,9 +47,17 @@ int relay_preload(enum relay_dir d, const char *s, size_t n)
   return 0;
 }
 
+void relay_counts(unsigned long long *in, unsigned long long *out)
+{
+  *in += flows[RELAY_TOSERVER].in;
+  *out += flows[RELAY_TOCLIENT].out;
+}
+
 static int flushone(struct flow *f, int fd, long long deadline)
 {
+  size_t off = f->off;
   int r = io_writeall(fd, f->buf + f->off, f->len - f->off, &f->off, deadline);
+  f->out += f->off - off;
   if (!r) f->off = f->len = 0;
   return r;
 }
@@ -121,7 +130,12 @@ static int moveflow(struct flow *f, short rev, short wev)
    * CPU. Leftovers from the engine go first, by write. */
   if (f->splice && !f->dead && f->len == 0 && (rev || (f->full && wev))) {
     r = splice(f->from, NULL, f->to, NULL, RELAY_BUFSIZE, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    if (r > 0) { f->full = 0; return MOVED_IN | MOVED_OUT; }
+    if (r > 0) {
+      f->full = 0;
+      f->in += (unsigned long long)r;
+      f->out += (unsigned long long)r;
+      return MOVED_IN | MOVED_OUT;
+    }
     if (!r) { f->eof = 1; return 0; }
     if (errno == EINTR) return 0;
     if (errno == EAGAIN && rev) { f->full = 1; return 0; } /* readable, so the destination is full */
@@ -135,7 +149,11 @@ static int moveflow(struct flow *f, short rev, short wev)
   if (rev) {
     size_t at = f->dead ? 0 : f->len;
     r = read(f->from, f->buf + at, RELAY_BUFSIZE - at < RELAY_CHUNK ? RELAY_BUFSIZE - at : RELAY_CHUNK);
-    if (r > 0) { moved = MOVED_IN; if (!f->dead) f->len += (size_t)r; }
+    if (r > 0) {
+      moved = MOVED_IN;
+      f->in += (unsigned long long)r;
+      if (!f->dead) f->len += (size_t)r;
+    }
     else if (!r || (errno != EINTR && errno != EAGAIN)) f->eof = 1;
   }
   /* what was just read is written at once: the fd is non-blocking, and
@@ -144,6 +162,7 @@ static int moveflow(struct flow *f, short rev, short wev)
     r = write(f->to, f->buf + f->off, f->len - f->off);
     if (r > 0) {
       moved |= MOVED_OUT;
+      f->out += (unsigned long long)r;
       f->off += (size_t)r;
       if (f->off == f->len) f->off = f->len = 0;
     } else if (r < 0 && errno != EINTR && errno != EAGAIN) {

@@ -29,6 +29,10 @@ int relay_flush(int cfdw, int sfdw, long long deadline);
  * anything else, unless samefd (fd is also read from, and stays open). */
 void relay_eof(int fd, int samefd);
 
+/* Adds the bytes the relay read from the client and wrote to it (the
+ * engine's leftovers included) to *in and *out. */
+void relay_counts(unsigned long long *in, unsigned long long *out);
+
 /* Becomes s6-ioconnect between fds 0/1 and the smtpd's pipes, with idle
  * timeout ms (0: none). Returns only if it cannot be executed; errno says why. */
 void relay_exec(int sfdr, int sfdw, unsigned long timeout);

@@ -676,7 +676,8 @@ static int pump(struct smtp *e)
     if (r == R_ERRORS) closeup(e, SMTP_WHY_ERRORS, 1, -1);
   }
   if (e->phase == SMTP_P_GONE && !e->qlen) {
-    closeup(e, SMTP_WHY_SERVEREOF, e->exitcode, -1);
+    closeup(e, e->quit ? SMTP_WHY_QUIT : e->cin_eof ? SMTP_WHY_CLIENTEOF : SMTP_WHY_SERVEREOF,
+            e->exitcode, -1);
     moved = 1;
   }
   return moved;
@@ -706,7 +707,8 @@ static int server_gone(struct smtp *e)
   e->coutlen = e->coutcommit; /* a reply cut short is no reply */
   e->hasheld = 0;
   e->inreply = 0;
-  e->exitcode = e->qlen ? 1 : 0;
+  /* a client that went without QUIT is a protocol-level end too */
+  e->exitcode = e->qlen || (e->cin_eof && !e->quit) ? 1 : 0;
   if (!e->qlen && !e->quit && !e->cin_eof && memcmp(e->lastcode, "221", 3) != 0
       && memcmp(e->lastcode, "421", 3) != 0)
     qpush(e, Q_LOCAL + R_GONE);

@@ -39,7 +39,9 @@ enum smtp_status {
 /* why the engine closed; the caller words the log line */
 enum smtp_why {
   SMTP_WHY_NONE,
-  SMTP_WHY_SERVEREOF,     /* smtpd closed its output */
+  SMTP_WHY_QUIT,          /* the client said QUIT and the smtpd closed: exit 0 */
+  SMTP_WHY_CLIENTEOF,     /* the client closed without QUIT, then the smtpd: exit 1 */
+  SMTP_WHY_SERVEREOF,     /* smtpd closed its output on its own: exit 1 if replies were owed */
   SMTP_WHY_SERVER421,     /* smtpd answered our RSET with 421 */
   SMTP_WHY_GREETING,      /* with SMTP_FRESH, the smtpd after TLS greeted with no 2xx */
   SMTP_WHY_SERVERBROKEN,  /* smtpd sent something that is not an SMTP reply */

@@ -103,8 +103,8 @@ enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline,
   for (;;) {
     r = write(ctl, "Y", 1);
     if (r == 1) break;
-    /* a super-server that went away cannot do the handshake: same as a refusal */
-    if (r < 0 && (errno == EPIPE || errno == ECONNRESET)) return UCSPITLS_FAILED;
+    /* a super-server that went away cannot do the handshake */
+    if (r < 0 && (errno == EPIPE || errno == ECONNRESET)) return UCSPITLS_GONE;
     if (r < 0 && errno != EINTR && errno != EAGAIN) return UCSPITLS_ERROR;
   }
   while (!b->done) {

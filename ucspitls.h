@@ -51,6 +51,7 @@ long ucspitls_env(const struct ucspitls_block *b, char **env, size_t n, size_t m
 enum ucspitls_result {
   UCSPITLS_OK,        /* handshake done, block read */
   UCSPITLS_FAILED,    /* control socket closed with nothing sent: handshake failed */
+  UCSPITLS_GONE,      /* the control socket was closed before 'Y': no TLS server */
   UCSPITLS_TIMEOUT,
   UCSPITLS_TOOBIG,    /* block over UCSPITLS_BLOCKMAX */
   UCSPITLS_ERROR      /* a system call failed: errno says why */

@@ -2,6 +2,7 @@
 the program in front of the test smtpd, and SMTP clients that speak to it."""
 import hashlib
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -34,6 +35,16 @@ def sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# every log line of the proxy carries "pid N ip A: " after its kind
+TAG = re.compile(r"^(smtpd-starttls-proxy-io: (?:fatal|warning|info): )pid \d+(?: ip [0-9A-Fa-f.:]+)?: ",
+                 re.M)
+
+
+def untag(text):
+    """Log lines without their pid and address, for comparing their words."""
+    return TAG.sub(r"\1", text)
 
 
 CLOSED = []  # what each closed bed logged, for run.py to show when a test fails
@@ -108,6 +119,10 @@ class Bed:
         self.stderr.flush()
         with open(self.stderr_path, errors="replace") as f:
             return f.read()
+
+    def logtext(self):
+        """The proxy's log lines, untagged."""
+        return untag(self.stderr_text())
 
     def file(self, name):
         try:

@@ -198,7 +198,7 @@ def fresh_greeting_refused(flavour, _):
         check(code == "code=2", "exit %s" % code)
         finished(bed, False)
         check(bed.file("commands.2") == b"", "the refusing smtpd got %r" % bed.file("commands.2"))
-        err = bed.stderr_text()
+        err = bed.logtext()
         check("warning: the smtpd after TLS refused the session" in err, err)
     finally:
         bed.close()
@@ -216,7 +216,7 @@ def fresh_block_over_cap(flavour, _):
         check(bed.file("msg-1") == msg, "body differs")
         second = environ(bed, 2)
         check(b"SSL_PROTOCOL" not in second and b"SSL_PAD" not in second, "variables kept")
-        err = bed.stderr_text()
+        err = bed.logtext()
         check(err.count("warning: the UCSPI-TLS information block is over 65536 bytes") == 1, err)
     finally:
         bed.close()

@@ -830,7 +830,35 @@ static void client_halfclose(void)
   CHECK_STR(toclient(), "250-mx.example\r\n250 STARTTLS\r\n");
   smtp_server_eof(&e);
   CHECK(smtp_status(&e) == SMTP_CLOSE);
+  /* it went without QUIT */
+  CHECK(smtp_exitcode(&e) == 1);
+  CHECK(smtp_why(&e) == SMTP_WHY_CLIENTEOF);
+}
+
+static void client_quit_halfclose(void)
+{
+  greeted(0);
+  client("QUIT\r\n");
+  smtp_client_eof(&e);
+  CHECK_STR(toserver(), "QUIT\r\n");
+  server("221 bye\r\n");
+  CHECK_STR(toclient(), "221 bye\r\n");
+  smtp_server_eof(&e);
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
   CHECK(smtp_exitcode(&e) == 0);
+  CHECK(smtp_why(&e) == SMTP_WHY_QUIT);
+}
+
+static void client_drops_after_greeting(void)
+{
+  greeted(0);
+  smtp_client_eof(&e);
+  CHECK(smtp_server_done(&e));
+  smtp_server_eof(&e);
+  CHECK(smtp_status(&e) == SMTP_CLOSE);
+  CHECK_STR(toclient(), "");
+  CHECK(smtp_exitcode(&e) == 1);
+  CHECK(smtp_why(&e) == SMTP_WHY_CLIENTEOF);
 }
 
 static void client_eof_partial_line(void)
@@ -1282,6 +1310,8 @@ int main(void)
   RUN(helo_before_greeting);
   RUN(ehlo_before_greeting);
   RUN(client_halfclose);
+  RUN(client_quit_halfclose);
+  RUN(client_drops_after_greeting);
   RUN(client_eof_partial_line);
   RUN(server_eof_pending);
   RUN(server_never_started);

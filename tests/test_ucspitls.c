@@ -225,7 +225,7 @@ static void start_peer_gone(void)
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
   close(sv[1]);
   ucspitls_block_init(&b);
-  CHECK(ucspitls_start(sv[0], 0, io_deadline(1000), &b) == UCSPITLS_FAILED);
+  CHECK(ucspitls_start(sv[0], 0, io_deadline(1000), &b) == UCSPITLS_GONE);
   close(sv[0]);
 }
 

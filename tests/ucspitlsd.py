@@ -14,7 +14,9 @@ O_NONBLOCK (as s6-tlsd-io on libtls fails). After Y the block is written and
 the control socket closed; a failed handshake closes it with nothing sent.
 
 sslserver flavour (like fehcom's sslserver -n): a forked child runs prog,
-the TLS engine stays in the parent. EOF on the control socket without a
+the TLS engine stays in the parent. As the real one does, it leaves the
+application a stray copy of the client socket beside fds 0/1, and its own
+configuration variables (CERTCHAINFILE, KEYPASS, SSL_UID, ...). EOF on the control socket without a
 command = the application is killed with SIGTERM. After Y the block ends in
 \\0\\0 and the socket stays open for the whole session. A failed handshake
 kills the application. When the session ends the application gets SIGTERM.
@@ -23,7 +25,8 @@ kills the application. When the session ends the application gets SIGTERM.
 which stops at once, dropping whatever it has not yet sent to the client,
 when the reader of SSLREADFD goes away before the client's EOF.
 
-Every event is a line in LOG: "<conn> <event> ...".
+Every event is a line in LOG: "<conn> <event> ...", among them "app-pid N"
+(the pid the application runs as) and "client-socket INODE".
 """
 import argparse
 import fcntl
@@ -228,6 +231,13 @@ def handle(conn, args, sock):
     env.update(SSLCTLFD=str(app_fds[0]), SSLREADFD=str(app_fds[1]),
                SSLWRITEFD=str(app_fds[2]), TCPREMOTEIP="127.0.0.1",
                PROTO="TCP")
+    if args.flavour == "sslserver":
+        # sslserver reads these for itself and leaves them to the application
+        env.update(CERTFILE=args.cert, KEYFILE=args.key, CERTCHAINFILE=args.cert,
+                   CAFILE="/nonexistent/ca.pem", CADIR="/nonexistent/ca", CCAFILE="-",
+                   CCAVERIFY="", DHFILE="/nonexistent/dh.pem", CIPHERS="HIGH", VERIFYDEPTH="1",
+                   KEYPASS="secret", SSL_UID="65534", SSL_GID="65534", SSL_USER="nobody",
+                   SSL_GROUP="nogroup", SSL_CHROOT="/nonexistent", SSLREMOTEIP="127.0.0.1")
     if args.flavour == "s6":
         # s6-networking 2.8.0.1 leaks these to the application by default
         env.update(CERTFILE=args.cert, KEYFILE=args.key, CAFILE="/nonexistent/ca.pem",
@@ -240,6 +250,8 @@ def handle(conn, args, sock):
         os.dup2(sock.fileno(), 1)
         for fd in app_fds:
             os.set_inheritable(fd, True)
+        if args.flavour == "sslserver":
+            os.set_inheritable(os.dup(sock.fileno()), True)
         os.close(ctl_srv.fileno())
         os.close(r_srv)
         os.close(w_srv)
@@ -255,9 +267,11 @@ def handle(conn, args, sock):
         os.close(w_app)
         return ctl_srv.detach()
 
+    log(conn, "client-socket", os.fstat(sock.fileno()).st_ino)
     pid = os.fork()
     if args.flavour == "s6":
         if pid:
+            log(conn, "app-pid", os.getpid())
             exec_app()
         try:
             engine(conn, args, sock, engine_side(), r_srv, w_srv, None)
@@ -266,6 +280,7 @@ def handle(conn, args, sock):
     else:
         if not pid:
             exec_app()
+        log(conn, "app-pid", pid)
         ctl = engine_side()
         engine(conn, args, sock, ctl, r_srv, w_srv, pid)
         _, status = os.waitpid(pid, 0)
@@ -327,15 +342,19 @@ def main():
             continue
         n += 1
         conn = "c%d" % n
+        # an app that exits at once must find its name in kids when reaped
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
         pid = os.fork()
         if not pid:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             lsock.close()
             log(conn, "connect", args.flavour)
             handle(conn, args, sock)
             os._exit(0)
         kids[pid] = conn
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
         sock.close()
 
 
