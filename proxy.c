@@ -16,7 +16,7 @@
 #include "ucspitls.h"
 
 #define PROG "smtpd-starttls-proxy-io"
-#define USAGE "usage: " PROG " [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -r ] [ -a ] [ -B | -S ] [ -- ] smtpd [ args... ]"
+#define USAGE "usage: " PROG " [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -r ] [ -a ] [ -L ] [ -B | -S ] [ -- ] smtpd [ args... ]"
 
 extern char **environ;
 
@@ -116,6 +116,7 @@ static char **options(char **argv)
       switch (c) {
       case 'r': flags |= SMTP_REQUIRETLS; break;
       case 'a': flags |= SMTP_PLAINAUTH; break;
+      case 'L': flags |= SMTP_GUARD; break;
       case 'B': ioconnect = 0; break;
       case 'S': ioconnect = 1; break;
       case 'v': case 't': case 'T': {
@@ -231,6 +232,7 @@ static void finish(int sr)
   case SMTP_WHY_SERVERBROKEN: fatal(1, "the smtpd sent a line that is not an SMTP reply");
   case SMTP_WHY_SERVERLONG: fatal(1, "the smtpd sent a reply line longer than %d bytes", SMTP_REPLYMAX);
   case SMTP_WHY_ERRORS: warn("client sent too many malformed lines: closing"); break;
+  case SMTP_WHY_CONTENT: warn("message refused for %s in its content (SMTP smuggling?): the smtpd's input ended without the final dot", smtp_badcontent(&engine)); break;
   case SMTP_WHY_TIMEOUT:
     if (drained) warn("the client's side still open %lu ms after the smtpd's output ended: closing", drainbound());
     else warn("no traffic for %lu ms: closing", timeout);
