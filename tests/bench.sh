@@ -16,7 +16,8 @@ build() {
 }
 cp smtpd-starttls-proxy-io "$w/proxy"
 strip "$w/proxy"
-set -- floor=floor default="$w/proxy"
+# -L: the content guard, which keeps the engine in the middle after STARTTLS too
+set -- floor=floor default="$w/proxy" L="$w/proxy,-L"
 if command -v s6-ioconnect >/dev/null; then
   set -- "$@" ioconnect="$w/proxy,-S"
 else
