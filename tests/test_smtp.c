@@ -1309,6 +1309,39 @@ static void guard_after_tls(void)
   CHECK_STR(smtp_badcontent(&e), "<CR><LF>.<LF>");
 }
 
+/* a client that reads nothing: the 550 waits for room, and the smtpd's
+ * end meanwhile does not turn it into a 421 */
+static void guard_refusal_waits_for_room(void)
+{
+  static char big[SMTP_REPLYMAX], mid[139];
+  const char *p;
+  size_t n;
+  guarded(0);
+  memset(big, 'h', sizeof big - 3);
+  memcpy(big, "214 ", 4);
+  memcpy(big + sizeof big - 3, "\r\n", 3);
+  memset(mid, 'm', sizeof mid - 3);
+  memcpy(mid, "250 ", 4);
+  memcpy(mid + sizeof mid - 3, "\r\n", 3);
+  client("HELP\r\nHELP\r\nNOOP\r\nDATA\r\n");
+  toserver();
+  server(big);
+  server(big);
+  server(mid);
+  server("354 go\r\n");
+  client("x\n.\nMAIL FROM:<e@f>\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK(smtp_server_done(&e));
+  smtp_server_eof(&e);
+  n = smtp_client_output(&e, &p);
+  CHECK(n == 2 * strlen(big) + strlen(mid) + 8);
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  smtp_client_sent(&e, n);
+  CHECK_STR(toclient(), "550 5.5.2 Message refused: LF without CR in its content (RFC 5321 2.3.8)\r\n"
+            "421 4.5.2 Closing connection after a refused message\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE && smtp_why(&e) == SMTP_WHY_CONTENT);
+}
+
 /* -a -L: AUTH before TLS goes through the engine, which stays */
 static void guard_plainauth(void)
 {
@@ -1443,6 +1476,7 @@ int main(void)
   RUN(guard_standard_end);
   RUN(guard_bdat_untouched);
   RUN(guard_after_tls);
+  RUN(guard_refusal_waits_for_room);
   RUN(guard_plainauth);
   RUN(guard_off_passes);
   return check_failures != 0;
