@@ -19,7 +19,7 @@
 #include "ucspitls.h"
 
 #define PROG "smtpd-starttls-proxy-io"
-#define USAGE "usage: " PROG " [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -r ] [ -a ] [ -e ] [ -B | -S ] [ -- ] smtpd [ args... ]"
+#define USAGE "usage: " PROG " [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -r ] [ -a ] [ -e ] [ -L ] [ -B | -S ] [ -- ] smtpd [ args... ]"
 
 extern char **environ;
 
@@ -148,6 +148,7 @@ static char **options(char **argv)
       case 'r': flags |= SMTP_REQUIRETLS; break;
       case 'a': flags |= SMTP_PLAINAUTH; break;
       case 'e': fresh = 1; flags |= SMTP_FRESH; break;
+      case 'L': flags |= SMTP_GUARD; break;
       case 'B': ioconnect = 0; break;
       case 'S': ioconnect = 1; break;
       case 'v': case 't': case 'T': {
@@ -400,6 +401,11 @@ static void finish(void)
   case SMTP_WHY_ERRORS:
     endwhy = "too many malformed lines";
     info("client sent too many malformed lines: closing");
+    break;
+  case SMTP_WHY_CONTENT:
+    endwhy = "message refused for its content";
+    warn("message refused for %s in its content (SMTP smuggling?): the smtpd's input ended without the final dot",
+         smtp_badcontent(&engine));
     break;
   case SMTP_WHY_TIMEOUT:
     endwhy = drained ? "drain bound" : "idle timeout";

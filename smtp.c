@@ -8,12 +8,13 @@
 
 /* What a queue entry owes the client. Values from Q_LOCAL on are local
  * replies, indexed into replies[]. */
-enum { Q_FWD, Q_EHLO, Q_STARTTLS, Q_DATA, Q_GREET, Q_LOCAL };
+enum { Q_FWD, Q_EHLO, Q_STARTTLS, Q_DATA, Q_GREET, Q_AUTH, Q_LOCAL };
 
 enum reply {
   R_TLSFIRST, R_BADSEQ, R_UNKNOWN, R_STARTTLSARGS, R_PIPELINED, R_AFTERSTARTTLS,
   R_DECLINED, R_BDATARGS, R_TLSREADY, R_TLSUNAVAIL, R_TOOLONG, R_BADLINE, R_EMPTY,
-  R_EHLOFIRST, R_ERRORS, R_GONE, R_BROKEN, R_TIMEOUT
+  R_EHLOFIRST, R_ERRORS, R_GONE, R_BROKEN, R_TIMEOUT, R_TLSACTIVE, R_BARELF, R_BARECR,
+  R_NUL, R_REFUSED
 };
 
 static const char *const replies[] = {
@@ -34,7 +35,12 @@ static const char *const replies[] = {
   "421 4.7.0 Too many errors, closing connection\r\n",
   "421 4.3.0 Mail server unavailable, closing connection\r\n",
   "421 4.3.0 Mail server error, closing connection\r\n",
-  "421 4.4.2 Timeout, closing connection\r\n"
+  "421 4.4.2 Timeout, closing connection\r\n",
+  "503 5.5.1 TLS is already active\r\n",
+  "550 5.5.2 Message refused: LF without CR in its content (RFC 5321 2.3.8)\r\n",
+  "550 5.5.2 Message refused: CR without LF in its content (RFC 5321 2.3.8)\r\n",
+  "550 5.5.2 Message refused: NUL at the start of a line of its content\r\n",
+  "421 4.5.2 Closing connection after a refused message\r\n"
 };
 
 static unsigned qkind(const struct smtp *e, unsigned i)
@@ -144,6 +150,7 @@ static int plainauth(const struct smtp *e)
 {
   return (e->flags & SMTP_PLAINAUTH) && !(e->flags & SMTP_REQUIRETLS);
 }
+static int guard(const struct smtp *e) { return (e->flags & SMTP_GUARD) != 0; }
 /* before TLS, a command that -r forbids */
 static int forbidden(const struct smtp *e) { return e->phase == SMTP_P_PLAIN && requiretls(e); }
 
@@ -151,8 +158,10 @@ static void local(struct smtp *e, enum reply r) { qpush(e, Q_LOCAL + r); }
 
 /* The session leaves the proxy: from here on client bytes go to the smtpd
  * raw, and once the replies the engine must still edit or order are out,
- * the relay takes over. */
-static void decide(struct smtp *e) { e->phase = SMTP_P_DRAIN; }
+ * the relay takes over. Under -L the engine stays, to guard content: the
+ * session goes on as a declined one does, with AUTH allowed over TLS or
+ * with -a. */
+static void decide(struct smtp *e) { e->phase = guard(e) ? SMTP_P_CLEAR : SMTP_P_DRAIN; }
 
 /* HELO, MAIL or AUTH before STARTTLS: no TLS in this session. The engine
  * stays to keep AUTH away and content apart, unless -a let AUTH through. */
@@ -188,18 +197,25 @@ static void c_mail(struct smtp *e, const struct cmd *c)
   }
 }
 
+/* Under -L the engine stays through the exchange: client bytes wait for
+ * each reply, and after a 334 the next line is the client's response. */
 static void c_auth(struct smtp *e, const struct cmd *c)
 {
   if (gated(e)) local(e, R_EHLOFIRST);
-  else if (clear(e) || !plainauth(e)) local(e, R_TLSFIRST);
-  else { forward(e, c->line, c->len, Q_FWD); decline(e); }
+  else if (!e->tls && !plainauth(e)) local(e, R_TLSFIRST);
+  else if (!guard(e)) { forward(e, c->line, c->len, Q_FWD); decline(e); }
+  else {
+    forward(e, c->line, c->len, Q_AUTH);
+    e->datawait = 1;
+    if (e->phase == SMTP_P_PLAIN) decline(e);
+  }
 }
 
 static void c_starttls(struct smtp *e, const struct cmd *c)
 {
   size_t i;
   if (gated(e)) { local(e, R_EHLOFIRST); return; }
-  if (clear(e)) { local(e, R_DECLINED); return; }
+  if (clear(e)) { local(e, e->tls ? R_TLSACTIVE : R_DECLINED); return; }
   for (i = 0; i < c->arglen; i++)
     if (c->arg[i] != ' ') { local(e, R_STARTTLSARGS); return; }
   if (!c->last) {
@@ -364,7 +380,7 @@ static int wellformed(const char *line, size_t len)
 static int parsing(const struct smtp *e)
 {
   return (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE || e->phase == SMTP_P_CLEAR)
-    && e->errors < SMTP_MAXERRORS;
+    && e->errors < SMTP_MAXERRORS && !e->refused;
 }
 
 /* --- message content --- */
@@ -379,6 +395,70 @@ static void content_ends(struct smtp *e)
   qpush(e, Q_FWD); /* the reply to the final dot */
 }
 
+/* -L: the message is refused at s[at], the first byte that makes its
+ * content one that an smtpd could end otherwise than at CRLF.CRLF, or end
+ * where we do not; st is the scanner's state before that byte. Nothing more
+ * reaches the smtpd, whose input ends without the final dot, so that it
+ * discards the message; the client gets r, then the session closes.
+ * Returns at: the bytes before it count as content (never sent now). */
+static size_t refuse(struct smtp *e, enum reply r, int st, const char *s, size_t n, size_t at)
+{
+  static const char *const before[] = { "", "<CR>", "<CR><LF>", "<CR><LF>.", "<CR><LF>.<CR>" };
+  size_t i, len = strlen(before[st]);
+  memcpy(e->badseq, before[st], len + 1);
+  for (i = at; i < n && i < at + 4; i++) {
+    const char *w = s[i] == '\r' ? "<CR>" : s[i] == '\n' ? "<LF>" : s[i] == '.' ? "."
+      : s[i] == '\0' ? "<NUL>" : 0;
+    if (!w) break;
+    memcpy(e->badseq + len, w, strlen(w) + 1);
+    len += strlen(w);
+  }
+  e->refused = 1;
+  e->content = SMTP_C_NONE;
+  local(e, r);
+  return at;
+}
+
+/* scan_data() under -L: CR and LF only ever as CRLF, no NUL at a line's
+ * start or after its first dot (an smtpd that drops NULs would see a dot
+ * line there), and only CRLF.CRLF ends the content. Lines are found with
+ * memchr for their LF and a second one for a CR before it. */
+static size_t scan_guarded(struct smtp *e, const char *s, size_t n)
+{
+  size_t i = 0;
+  int st = e->dstate;
+  while (i < n) {
+    char c;
+    if (st == D_MID) {
+      const char *lf = memchr(s + i, '\n', n - i);
+      size_t end = lf ? (size_t)(lf - s) : n;
+      const char *cr = memchr(s + i, '\r', end - i);
+      size_t at = cr ? (size_t)(cr - s) + 1 : 0;
+      if (cr && at < end) return refuse(e, R_BARECR, D_CR, s, n, at);
+      if (!lf) { st = cr ? D_CR : D_MID; i = n; break; }
+      if (!cr) return refuse(e, R_BARELF, D_MID, s, n, end);
+      i = end + 1;
+      st = D_BOL;
+      continue;
+    }
+    c = s[i];
+    if (st == D_CR || st == D_DOTCR) {
+      if (c != '\n') return refuse(e, R_BARECR, st, s, n, i);
+      i++;
+      if (st == D_DOTCR) { e->dstate = D_BOL; content_ends(e); return i; }
+      st = D_BOL;
+      continue;
+    }
+    /* D_BOL or D_DOT */
+    if (c == '\n') return refuse(e, R_BARELF, st, s, n, i);
+    if (c == '\0') return refuse(e, R_NUL, st, s, n, i);
+    i++;
+    st = c == '\r' ? (st == D_DOT ? D_DOTCR : D_CR) : c == '.' && st == D_BOL ? D_DOT : D_MID;
+  }
+  e->dstate = st;
+  return i;
+}
+
 /* How many of the n bytes at s are content, up to and including the
  * CRLF.CRLF that ends it. Whole lines are skipped with memchr: the cost per
  * byte is memchr's. */
@@ -386,6 +466,7 @@ static size_t scan_data(struct smtp *e, const char *s, size_t n)
 {
   size_t i = 0;
   int st = e->dstate;
+  if (guard(e)) return scan_guarded(e, s, n);
   while (i < n) {
     if (st == D_MID) {
       const char *cr = memchr(s + i, '\r', n - i);
@@ -453,12 +534,28 @@ static int parse_client(struct smtp *e)
     /* a new smtpd's commands wait for its greeting, as a client's would */
     if (e->datawait || e->qlen >= SMTP_QMAX - 1 || (e->qlen && qkind(e, 0) == Q_GREET)) break;
     lf = memchr(s, '\n', left);
-    limit = left >= 5 && wordis(s, 5, "auth ") ? SMTP_AUTHMAX : SMTP_CMDMAX;
+    limit = e->authresp || (left >= 5 && wordis(s, 5, "auth ")) ? SMTP_AUTHMAX : SMTP_CMDMAX;
     if (e->skipping) {
       if (!lf) { off = e->cinlen; break; }
       off += (size_t)(lf - s) + 1;
+      if (e->skipping == 1) badline(e, R_TOOLONG);
       e->skipping = 0;
-      badline(e, R_TOOLONG);
+      continue;
+    }
+    if (e->authresp) {
+      /* the AUTH exchange's own reply answers it; one that is too long or
+       * malformed is sent as "*", which cancels the exchange (RFC 4954 4) */
+      int ok;
+      if (!lf && left < limit && !e->cin_eof) break;
+      len = lf ? (size_t)(lf - s) + 1 : left;
+      ok = lf && len <= limit && wellformed(s, len);
+      if (SMTP_SOUTSIZE - e->soutlen < (ok ? len : 3)) break;
+      memcpy(e->sout + e->soutlen, ok ? s : "*\r\n", ok ? len : 3);
+      e->soutlen += ok ? len : 3;
+      if (!lf && !e->cin_eof) e->skipping = 2; /* its rest is dropped without a word */
+      e->authresp = 0;
+      e->datawait = 1;
+      off += len;
       continue;
     }
     if (!lf) {
@@ -571,6 +668,11 @@ static void end_reply(struct smtp *e)
     qset(e, 0, Q_LOCAL + (e->rcode[0] == '2' ? R_TLSREADY : R_TLSUNAVAIL));
     return;
   }
+  if (kind == Q_AUTH) {
+    e->datawait = 0;
+    /* a challenge: the exchange goes on, and the AUTH still owes its reply */
+    if (!memcmp(e->rcode, "334", 3)) { e->authresp = 1; return; }
+  }
   if (kind == Q_DATA) {
     e->datawait = 0;
     if (!memcmp(e->rcode, "354", 3)) {
@@ -674,6 +776,7 @@ static int pump(struct smtp *e)
     moved = 1;
     if (answer) e->phase = r == R_TLSREADY ? SMTP_P_HANDSHAKE : SMTP_P_PLAIN;
     if (r == R_ERRORS) closeup(e, SMTP_WHY_ERRORS, 1, -1);
+    if (r == R_BARELF || r == R_BARECR || r == R_NUL) closeup(e, SMTP_WHY_CONTENT, 1, R_REFUSED);
   }
   if (e->phase == SMTP_P_GONE && !e->qlen) {
     closeup(e, e->quit ? SMTP_WHY_QUIT : e->cin_eof ? SMTP_WHY_CLIENTEOF : SMTP_WHY_SERVEREOF,
@@ -702,7 +805,7 @@ static int move_raw(struct smtp *e)
 static int server_gone(struct smtp *e)
 {
   unsigned i;
-  if (!e->sin_eof || !serving(e) || memchr(e->sin, '\n', e->sinlen)) return 0;
+  if (!e->sin_eof || !serving(e) || e->refused || memchr(e->sin, '\n', e->sinlen)) return 0;
   if (e->phase == SMTP_P_DRAIN && !e->qspecial) return 0;
   e->coutlen = e->coutcommit; /* a reply cut short is no reply */
   e->hasheld = 0;
@@ -822,7 +925,7 @@ void smtp_client_sent(struct smtp *e, size_t n)
 size_t smtp_server_output(struct smtp *e, const char **p)
 {
   *p = e->sout;
-  return e->phase == SMTP_P_CLOSE || e->phase == SMTP_P_GONE ? 0 : e->soutlen;
+  return e->phase == SMTP_P_CLOSE || e->phase == SMTP_P_GONE || e->refused ? 0 : e->soutlen;
 }
 
 void smtp_server_sent(struct smtp *e, size_t n)
@@ -834,7 +937,7 @@ void smtp_server_sent(struct smtp *e, size_t n)
 
 int smtp_server_done(const struct smtp *e)
 {
-  if (e->phase == SMTP_P_CLOSE || e->phase == SMTP_P_GONE) return 1;
+  if (e->phase == SMTP_P_CLOSE || e->phase == SMTP_P_GONE || e->refused) return 1;
   /* in the drain the relay passes the client's EOF on, after the leftovers */
   return e->cin_eof && !e->soutlen && !e->cinlen
     && (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE || e->phase == SMTP_P_CLEAR);
@@ -852,6 +955,7 @@ enum smtp_status smtp_status(const struct smtp *e)
 
 int smtp_exitcode(const struct smtp *e) { return e->exitcode; }
 enum smtp_why smtp_why(const struct smtp *e) { return e->why; }
+const char *smtp_badcontent(const struct smtp *e) { return e->badseq; }
 
 size_t smtp_tls_started(struct smtp *e)
 {

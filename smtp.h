@@ -27,6 +27,9 @@
 #define SMTP_PLAINAUTH 2     /* -a: AUTH allowed (and advertised) before TLS */
 #define SMTP_FRESH 4         /* -e: a new smtpd serves after TLS: no RSET at STARTTLS,
                                 and its greeting is the engine's, not the client's */
+#define SMTP_GUARD 8         /* -L: only CRLF.CRLF ends DATA; a bare CR or LF (or a NUL
+                                where a dot line could hide) in content refuses the
+                                message; the engine stays in the middle after TLS too */
 
 /* what smtp_status() asks of the caller */
 enum smtp_status {
@@ -47,7 +50,8 @@ enum smtp_why {
   SMTP_WHY_SERVERBROKEN,  /* smtpd sent something that is not an SMTP reply */
   SMTP_WHY_SERVERLONG,    /* smtpd sent a reply line over SMTP_REPLYMAX */
   SMTP_WHY_ERRORS,        /* client sent too many malformed lines */
-  SMTP_WHY_TIMEOUT        /* smtp_timeout() was called */
+  SMTP_WHY_TIMEOUT,       /* smtp_timeout() was called */
+  SMTP_WHY_CONTENT        /* -L: a message refused for its line endings (smtp_badcontent()) */
 };
 
 /* The phases of a session; internal, exposed only so that struct smtp can
@@ -90,7 +94,10 @@ struct smtp {
   char lastcode[3];      /* code of the smtpd's last complete reply */
   /* message content */
   enum smtp_content content;
-  int datawait;          /* DATA forwarded: client bytes wait for its reply */
+  int datawait;          /* DATA (or AUTH) forwarded: client bytes wait for its reply */
+  int authresp;          /* -L: the smtpd said 334: the next client line is an AUTH response */
+  int refused;           /* -L: the message was refused: nothing more goes to the smtpd */
+  char badseq[48];       /* and the bytes that did it, for the log: "<LF>.<LF>" */
   int dstate;            /* where the DATA scanner is in a line */
   unsigned long long chunk; /* BDAT octets still to come */
   int direct;            /* the last room offered was in sout: content lands there */
@@ -146,6 +153,10 @@ int smtp_server_done(const struct smtp *e);
 enum smtp_status smtp_status(const struct smtp *e);
 int smtp_exitcode(const struct smtp *e);
 enum smtp_why smtp_why(const struct smtp *e);
+/* With SMTP_WHY_CONTENT: the bytes that refused the message, written out
+ * ("<CR><LF>.<LF>"): the scanner's state before them, then those of them
+ * that came in the same read and can make an end of data. */
+const char *smtp_badcontent(const struct smtp *e);
 
 /* The handshake succeeded: the client now speaks through TLS and must EHLO
  * again. Whatever the smtpd sent before is dropped (RFC 3207 4.2): returns

@@ -16,9 +16,9 @@ build() {
 }
 cp smtpd-starttls-proxy-io "$w/proxy"
 strip "$w/proxy"
-set -- floor=floor default="$w/proxy"
-# -e: a new smtpd after TLS, the proxy waiting for it
-set -- "$@" fresh="$w/proxy,-e"
+# -e: a new smtpd after TLS, the proxy waiting for it; -L: the content
+# guard, which keeps the engine in the middle after STARTTLS too
+set -- floor=floor default="$w/proxy" fresh="$w/proxy,-e" L="$w/proxy,-L"
 if command -v s6-ioconnect >/dev/null; then
   set -- "$@" ioconnect="$w/proxy,-S"
 else

@@ -14,7 +14,18 @@
  * content reaches the smtpd byte for byte and is never taken for commands;
  * no AUTH reaches the smtpd before TLS without -a; nothing after STARTTLS
  * reaches the smtpd; the 220 is only ever given to a STARTTLS that ended
- * what the client had sent. */
+ * what the client had sent.
+ *
+ * Flag 8 turns -L on (and lets flag 2, -a, through, since the engine then
+ * stays): no end of data may reach the smtpd that did not come from the
+ * client as CRLF.CRLF, even for an smtpd that takes a bare CR or LF for a
+ * line's end or drops NULs: in the DATA content the smtpd gets, every LF
+ * follows a CR, every CR but a last one is followed by LF, and no NUL
+ * begins a line or follows its first dot. A message is only refused for
+ * such bytes in what the client sent.
+ *
+ * Flag 16 turns -e on: at STARTTLS the smtpd hears no RSET, and after the
+ * handshake a new model smtpd greets, which the client must never see. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,12 +108,13 @@ struct side {
   char hist[5];
   char content[LOGMAX];  /* the DATA content seen */
   size_t contentlen;
+  size_t guarded;        /* -L: content checked so far */
 };
 static struct side client_side, smtpd_side;
 
 static void side_reset(struct side *d)
 {
-  d->loglen = d->pos = d->contentlen = 0;
+  d->loglen = d->pos = d->contentlen = d->guarded = 0;
   d->mode = F_CMD;
 }
 
@@ -150,6 +162,26 @@ static const char *side_line(struct side *d, size_t *len)
   return s;
 }
 
+/* -L: the bytes of d's DATA content up to to hold nothing an smtpd could
+ * take for an end of data but CRLF.CRLF (see above); returns 0 at the
+ * first that could. Content starts after DATA's CRLF. */
+static char byte_at(const struct side *d, long i)
+{
+  return i >= 0 ? d->content[i] : i == -1 ? '\n' : '\r';
+}
+
+static int clean(const struct side *d, size_t from, size_t to)
+{
+  long i;
+  for (i = (long)from; i < (long)to; i++) {
+    char c = byte_at(d, i), p = byte_at(d, i - 1), q = byte_at(d, i - 2);
+    if (c == '\n' && p != '\r') return 0;
+    if (p == '\r' && c != '\n') return 0;
+    if (c == 0 && (p == '\n' || (p == '.' && q == '\n'))) return 0;
+  }
+  return 1;
+}
+
 /* --- the client oracle --- */
 
 enum { K_OTHER, K_DATA, K_BDAT, K_END, K_AUTH, K_STARTTLS, K_EHLO };
@@ -194,6 +226,12 @@ static void oracle_reply(const char *code)
   unsigned i;
   size_t at;
   if (!memcmp(code, "421", 3)) return; /* the engine closing: the model never says it */
+  /* -L: the refusal of content answers it, and it is over */
+  if (client_side.mode == F_DATA && !memcmp(code, "550 5.5.2 Message ref", 21)) {
+    invariant(e.flags & SMTP_GUARD);
+    client_side.mode = F_CMD;
+    return;
+  }
   i = nreplies++;
   if (!i) return; /* the greeting */
   invariant(i - 1 < ncmd); /* never a reply to a command not sent */
@@ -253,6 +291,7 @@ static void model_frame(void)
 
 static char mout[1 << 16];
 static size_t moutlen;
+static int fresh;                 /* -e: a new model smtpd after TLS */
 
 /* answers the oldest command the model holds; how, chosen by c */
 static void model_answer(unsigned c)
@@ -304,7 +343,7 @@ static void flush_model(void)
     }
     model_deliver();
     /* once STARTTLS is taken, our RSET is the last thing the smtpd gets */
-    if ((e.phase == SMTP_P_TLSWAIT || e.phase == SMTP_P_HANDSHAKE) && !e.soutlen)
+    if (!fresh && (e.phase == SMTP_P_TLSWAIT || e.phase == SMTP_P_HANDSHAKE) && !e.soutlen)
       invariant(smtpd_side.loglen >= 6
                 && !memcmp(smtpd_side.log + smtpd_side.loglen - 6, "RSET\r\n", 6));
     if (e.phase == SMTP_P_HANDSHAKE) {
@@ -317,7 +356,8 @@ static void flush_model(void)
 static int modelled(const unsigned char *d, size_t n)
 {
   size_t i = 1;
-  unsigned flags = d[0] & 1; /* -r or not; never -a: the relay would take over */
+  /* -r or not; -a only with -L: else the relay would take over */
+  unsigned flags = (d[0] & 1) | (d[0] & 8 ? SMTP_GUARD | (d[0] & 2) : 0) | (d[0] & 16 ? SMTP_FRESH : 0);
   memset(&cmd, 0, sizeof cmd);
   ncmd = nreplies = 0;
   side_reset(&client_side);
@@ -327,6 +367,7 @@ static int modelled(const unsigned char *d, size_t n)
   refused = 0;
   mhead = mtail = 0;
   starttls_end = (size_t)-1;
+  fresh = (flags & SMTP_FRESH) != 0;
   smtp_init(&e, flags);
   memcpy(mout, "220 mx\r\n", 8);
   moutlen = 8;
@@ -360,12 +401,29 @@ static int modelled(const unsigned char *d, size_t n)
     else if (len % 4 == 3 && smtp_status(&e) == SMTP_STARTTLS) {
       smtp_tls_started(&e);
       starttls_end = (size_t)-1;
+      if (fresh) {
+        /* a new smtpd: nothing of the old one's, and a greeting of its own */
+        mhead = mtail = 0;
+        smtpd_side.pos = smtpd_side.loglen;
+        smtpd_side.mode = F_CMD;
+        memcpy(mout, "220 new\r\n", 9);
+        moutlen = 9;
+        model_deliver();
+      }
     }
     flush_model();
+    /* a message is refused only for what the client sent */
+    if (e.phase == SMTP_P_CLOSE && e.why == SMTP_WHY_CONTENT)
+      invariant((flags & SMTP_GUARD) && !clean(&client_side, 0, client_side.contentlen));
     if (e.phase == SMTP_P_DRAIN || e.phase == SMTP_P_RELAY || e.phase == SMTP_P_CLOSE
         || e.phase == SMTP_P_GONE || e.errors >= SMTP_MAXERRORS)
       return 0; /* the engine's part, or its exact count, is over */
     invariant(nreplies <= ncmd + 1);
+    if (flags & SMTP_GUARD) {
+      /* no end of data but CRLF.CRLF reaches the smtpd, whatever it takes for one */
+      invariant(clean(&smtpd_side, smtpd_side.guarded, smtpd_side.contentlen));
+      smtpd_side.guarded = smtpd_side.contentlen;
+    }
     /* content: what the smtpd got is what the client sent as content */
     invariant(smtpd_side.contentlen <= client_side.contentlen
               && !memcmp(smtpd_side.content, client_side.content, smtpd_side.contentlen));
@@ -391,7 +449,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, size_t n)
   size_t i = 1;
   if (!n) return 0;
   if (d[0] & 4) return modelled(d, n);
-  smtp_init(&e, d[0] & 3);
+  smtp_init(&e, (d[0] & 3) | (d[0] & 8 ? SMTP_GUARD : 0) | (d[0] & 16 ? SMTP_FRESH : 0));
   while (i + 2 <= n) {
     unsigned op = d[i] % 4, len = d[i + 1];
     const unsigned char *data = d + i + 2;

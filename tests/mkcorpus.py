@@ -66,7 +66,25 @@ MODEL = {
 for name, data in MODEL.items():
     SEEDS[name] = b"\x04" + data
 
-FLAGGED = ("auth", "requiretls") + tuple(MODEL)  # these begin with their own flags byte
+# with -L too (flag 8): the smuggling tools' end-of-data variants, and a
+# TLS session that stays under the engine, with AUTH (-a, flag 2)
+DATA = C(b"EHLO x\r\n") + A() + T() + C(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n") + A() + A() + A() + T()
+SECOND = b"MAIL FROM:<e@f>\r\nRCPT TO:<c@d>\r\nDATA\r\nspoofed\r\n.\r\n"
+for i, seq in enumerate((b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r", b"\n.\r", b"\r.\n",
+                         b"\r\n\x00.\r\n", b"\r\n.\x00\r\n")):
+    SEEDS["guard_%d" % i] = b"\x0c" + DATA + C(b"first" + seq[:2]) + C(seq[2:] + SECOND) + A() + T()
+# with -e (flag 16): no RSET at STARTTLS, a new smtpd's greeting after it
+SEEDS["fresh_starttls"] = (b"\x14" + C(b"EHLO x\r\n") + A() + T() + C(b"NOOP\r\nSTARTTLS\r\n") + A() + T()
+                           + EV(3) + C(b"EHLO y\r\nMAIL FROM:<a@b>\r\n") + A() + A() + T())
+SEEDS["fresh_guard"] = (b"\x1c" + C(b"EHLO x\r\n") + A() + T() + C(b"STARTTLS\r\n") + T() + EV(3)
+                        + C(b"EHLO y\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n") + A(1) + A() + A() + A()
+                        + T() + C(b"x\r\n.\r\n") + A() + T())
+SEEDS["guard_good"] = b"\x0c" + DATA + C(b"..\r\n.x\r\n\r\n.\r\nNOOP\r\n") + A() + A() + T()
+SEEDS["guard_tls_auth"] = (b"\x0e" + C(b"EHLO x\r\n") + A() + T() + C(b"STARTTLS\r\n") + A() + T() + EV(3)
+                           + C(b"EHLO y\r\nAUTH PLAIN AGFAYg==\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+                           + A(1) + A() + A() + A() + A() + T() + C(b"x\r\n.\n") + T())
+
+FLAGGED = ("auth", "requiretls") + tuple(MODEL) + tuple(n for n in SEEDS if n.startswith("guard_"))  # these begin with their own flags byte
 os.makedirs(OUT, exist_ok=True)
 for name, data in SEEDS.items():
     if name not in FLAGGED:

@@ -7,7 +7,9 @@ Records every command line in DIR/commands (one per line, as received
 minus CRLF), each message body in DIR/msg-N, its environment in DIR/env and
 its open fds in DIR/fds; the same for each smtpd started in DIR, numbered
 from 1 in start order, in DIR/commands.N, env.N, fds.N, and how its input
-ended ("quit" or "eof") in DIR/end.N. Options:
+ended ("quit" or "eof") in DIR/end.N. Its input ending inside DATA discards the
+message, as exim -bs does: what it got goes to DIR/discarded-N (not msg-N),
+and it exits without a reply. Options:
   --single       one-line EHLO reply ("250 mx.test")
   --auth         advertise AUTH PLAIN LOGIN
   --starttls     advertise STARTTLS itself
@@ -189,6 +191,9 @@ while True:
                 if l.startswith(b"."):
                     l = l[1:]
                 body.write(l)
+        if not l:  # no final dot: no message
+            os.rename(os.path.join(out_dir, name), os.path.join(out_dir, "discarded" + name[3:]))
+            sys.exit(0)
         mail = False
         reply("250 2.0.0 queued as %d\r\n" % nmsg)
     elif verb == "RSET":

@@ -1259,6 +1259,260 @@ static void gone_421s_wait_for_room(void)
   CHECK(smtp_status(&e) == SMTP_CLOSE);
 }
 
+/* --- -L: the content guard --- */
+
+/* a declined session under -L, past MAIL */
+static void guarded(unsigned flags)
+{
+  greeted(SMTP_GUARD | flags);
+  client("EHLO c\r\n");
+  toserver();
+  server("250-mx\r\n250 CHUNKING\r\n");
+  toclient();
+  client("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+  toserver();
+  server("250 ok\r\n250 ok\r\n");
+  CHECK_STR(toclient(), "250 ok\r\n250 ok\r\n");
+}
+
+static void in_data(void)
+{
+  client("DATA\r\n");
+  CHECK_STR(toserver(), "DATA\r\n");
+  server("354 go\r\n");
+  CHECK_STR(toclient(), "354 go\r\n");
+}
+
+/* the public smuggling tools' end-of-data variants: the first byte that
+ * makes each refused (at), and how the log names it */
+static const struct { const char *seq; size_t len, at; const char *name, *reply; } smuggle[] = {
+#define LF "550 5.5.2 Message refused: LF without CR in its content (RFC 5321 2.3.8)\r\n"
+#define CR "550 5.5.2 Message refused: CR without LF in its content (RFC 5321 2.3.8)\r\n"
+#define NUL "550 5.5.2 Message refused: NUL at the start of a line of its content\r\n"
+  { "\n.\n", 3, 0, "<LF>.<LF>", LF },
+  { "\n.\r\n", 4, 0, "<LF>.<CR><LF>", LF },
+  { "\r\n.\n", 4, 3, "<CR><LF>.<LF>", LF },
+  { "\r.\r", 3, 1, "<CR>.<CR>", CR },
+  { "\r\n.\r", 4, 4, "<CR><LF>.<CR>", CR },
+  { "\n.\r", 3, 0, "<LF>.<CR>", LF },
+  { "\r.\n", 3, 1, "<CR>.<LF>", CR },
+  { "\r.\r\n", 4, 1, "<CR>.<CR><LF>", CR },
+  { "\n\n.\r\n", 5, 0, "<LF><LF>.<CR>", LF },
+  { "\r\n\0.\r\n", 6, 2, "<CR><LF><NUL>.<CR><LF>", NUL },
+  { "\r\n.\0\r\n", 6, 3, "<CR><LF>.<NUL><CR><LF>", NUL },
+  { "\r\n\0.\r", 5, 2, "<CR><LF><NUL>.<CR>", NUL },
+  { "\r\n\0.\n", 5, 2, "<CR><LF><NUL>.<LF>", NUL },
+  { "\n\0.\n", 4, 0, "<LF><NUL>.<LF>", LF },
+  { "\r\0.\r\n", 5, 1, "<CR><NUL>.<CR><LF>", CR }
+#undef LF
+#undef CR
+#undef NUL
+};
+
+static const char second[] = "MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nspoofed\r\n.\r\n";
+
+/* each sequence, cut between two reads at every point: the message is
+ * refused, nothing from the sequence on reaches the smtpd, whose input
+ * ends; the client gets the 550 and the 421 */
+static void guard_every_split(void)
+{
+  static char body[200], got[400];
+  size_t k, cut;
+  for (k = 0; k < sizeof smuggle / sizeof smuggle[0]; k++) {
+    size_t head = strlen("Subject: x\r\n\r\nfirst"), len;
+    memcpy(body, "Subject: x\r\n\r\nfirst", head);
+    memcpy(body + head, smuggle[k].seq, smuggle[k].len);
+    memcpy(body + head + smuggle[k].len, second, sizeof second);
+    len = head + smuggle[k].len + sizeof second - 1;
+    for (cut = 0; cut <= len; cut++) {
+      const char *name;
+      guarded(0);
+      in_data();
+      CHECK(client_n(body, cut) == cut);
+      strcpy(got, toserver());
+      client_n(body + cut, len - cut);
+      strcat(got, toserver());
+      /* what the smtpd got is content before that byte, no more: what
+       * came in a read before it, nothing of the read that brought it */
+      if (cut <= head + smuggle[k].at) CHECK(strlen(got) == cut && !memcmp(got, body, cut));
+      else CHECK_STR(got, "");
+      CHECK(smtp_server_done(&e));
+      strcpy(got, smuggle[k].reply);
+      strcat(got, "421 4.5.2 Closing connection after a refused message\r\n");
+      CHECK_STR(toclient(), got);
+      CHECK(smtp_status(&e) == SMTP_CLOSE && smtp_why(&e) == SMTP_WHY_CONTENT && smtp_exitcode(&e) == 1);
+      /* named in full unless the read ended inside it */
+      name = smtp_badcontent(&e);
+      CHECK(*name && !strncmp(smuggle[k].name, name, strlen(name)));
+      if (cut <= head || cut >= head + smuggle[k].len) CHECK_STR(name, smuggle[k].name);
+      if (check_bad) { printf("  sequence %u cut at %u\n", (unsigned)k, (unsigned)cut); return; }
+    }
+  }
+}
+
+/* the client is told, then the connection closes */
+static void guard_reply_then_421(void)
+{
+  guarded(0);
+  in_data();
+  client("a\n.\nMAIL FROM:<x@y>\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK(server_n("421 lost input\r\n", 16) == 0); /* closed: the smtpd is no longer read */
+  smtp_server_eof(&e);
+  CHECK_STR(toclient(), "550 5.5.2 Message refused: LF without CR in its content (RFC 5321 2.3.8)\r\n"
+            "421 4.5.2 Closing connection after a refused message\r\n");
+  CHECK(smtp_client_room(&e, &(char *){0}) == 0);
+}
+
+/* CRLF.CRLF still ends DATA under -L, at every split, and lookalike lines pass */
+static void guard_standard_end(void)
+{
+  const char *body = "..\r\n.x\r\n. \r\n\r\n.\r\nNOOP\r\n";
+  size_t cut, len = strlen(body);
+  static char got[200];
+  for (cut = 0; cut <= len; cut++) {
+    guarded(0);
+    in_data();
+    CHECK(client_n(body, cut) == cut);
+    strcpy(got, toserver());
+    CHECK(client_n(body + cut, len - cut) == len - cut);
+    strcat(got, toserver());
+    CHECK_STR(got, body); /* the NOOP pipelined after the dot too */
+    server("250 queued\r\n250 ok\r\n");
+    CHECK_STR(toclient(), "250 queued\r\n250 ok\r\n");
+    CHECK(e.qlen == 0 && e.content == SMTP_C_NONE && smtp_status(&e) == SMTP_RUN);
+  }
+}
+
+/* BDAT is counted, not scanned: -L lets its chunks be */
+static void guard_bdat_untouched(void)
+{
+  guarded(0);
+  client("BDAT 11 LAST\r\na\n.\nb\r.\r\0.\r\nQUIT\r\n");
+  CHECK_STR(toserver(), "BDAT 11 LAST\r\na\n.\nb\r.\r\0.");
+}
+
+/* After TLS the engine stays: AUTH's exchange passes, STARTTLS is refused,
+ * DATA is guarded */
+static void guard_after_tls(void)
+{
+  greeted(SMTP_GUARD);
+  client("STARTTLS\r\n");
+  CHECK_STR(toserver(), "RSET\r\n");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "220 2.0.0 Ready to start TLS\r\n");
+  smtp_tls_started(&e);
+  client("EHLO c\r\n");
+  CHECK_STR(toserver(), "EHLO c\r\n");
+  server("250-mx\r\n250-AUTH LOGIN PLAIN\r\n250 STARTTLS\r\n");
+  CHECK_STR(toclient(), "250-mx\r\n250 AUTH LOGIN PLAIN\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN && e.phase == SMTP_P_CLEAR);
+  client("AUTH LOGIN\r\ndXNlcg==\r\n");
+  CHECK_STR(toserver(), "AUTH LOGIN\r\n");
+  server("334 VXNlcm5hbWU6\r\n");
+  CHECK_STR(toclient(), "334 VXNlcm5hbWU6\r\n");
+  CHECK_STR(toserver(), "dXNlcg==\r\n");
+  client("cGFzcw==\r\nNOOP\r\n");
+  server("334 UGFzc3dvcmQ6\r\n");
+  CHECK_STR(toserver(), "cGFzcw==\r\n");
+  server("235 2.7.0 ok\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "334 UGFzc3dvcmQ6\r\n235 2.7.0 ok\r\n250 ok\r\n");
+  client("STARTTLS\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+  CHECK_STR(toserver(), "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+  server("250 ok\r\n250 ok\r\n354 go\r\n");
+  CHECK_STR(toclient(), "503 5.5.1 TLS is already active\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+  client("x\r\n.\n");
+  CHECK_STR(toclient(), "550 5.5.2 Message refused: LF without CR in its content (RFC 5321 2.3.8)\r\n"
+            "421 4.5.2 Closing connection after a refused message\r\n");
+  CHECK_STR(smtp_badcontent(&e), "<CR><LF>.<LF>");
+}
+
+/* a client that reads nothing: the 550 waits for room, and the smtpd's
+ * end meanwhile does not turn it into a 421 */
+static void guard_refusal_waits_for_room(void)
+{
+  static char big[SMTP_REPLYMAX], mid[139];
+  const char *p;
+  size_t n;
+  guarded(0);
+  memset(big, 'h', sizeof big - 3);
+  memcpy(big, "214 ", 4);
+  memcpy(big + sizeof big - 3, "\r\n", 3);
+  memset(mid, 'm', sizeof mid - 3);
+  memcpy(mid, "250 ", 4);
+  memcpy(mid + sizeof mid - 3, "\r\n", 3);
+  client("HELP\r\nHELP\r\nNOOP\r\nDATA\r\n");
+  toserver();
+  server(big);
+  server(big);
+  server(mid);
+  server("354 go\r\n");
+  client("x\n.\nMAIL FROM:<e@f>\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK(smtp_server_done(&e));
+  smtp_server_eof(&e);
+  n = smtp_client_output(&e, &p);
+  CHECK(n == 2 * strlen(big) + strlen(mid) + 8);
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  smtp_client_sent(&e, n);
+  CHECK_STR(toclient(), "550 5.5.2 Message refused: LF without CR in its content (RFC 5321 2.3.8)\r\n"
+            "421 4.5.2 Closing connection after a refused message\r\n");
+  CHECK(smtp_status(&e) == SMTP_CLOSE && smtp_why(&e) == SMTP_WHY_CONTENT);
+}
+
+/* -a -L: AUTH before TLS goes through the engine, which stays */
+static void guard_plainauth(void)
+{
+  greeted(SMTP_GUARD | SMTP_PLAINAUTH);
+  client("EHLO c\r\n");
+  toserver();
+  server("250-mx\r\n250 AUTH PLAIN\r\n");
+  CHECK_STR(toclient(), "250-mx\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n");
+  client("AUTH PLAIN\r\n");
+  CHECK_STR(toserver(), "AUTH PLAIN\r\n");
+  CHECK(e.phase == SMTP_P_CLEAR);
+  server("334 \r\n");
+  /* a response with a bare CR, and one too long: each becomes "*" */
+  client("AG\rFAYg==\r\n");
+  CHECK_STR(toserver(), "*\r\n");
+  server("501 5.0.0 cancelled\r\n");
+  CHECK_STR(toclient(), "334 \r\n501 5.0.0 cancelled\r\n");
+  client("AUTH PLAIN\r\n");
+  toserver();
+  server("334 \r\n");
+  {
+    static char big[SMTP_AUTHMAX + 100];
+    memset(big, 'A', sizeof big - 1);
+    client(big);
+    client("\r\nNOOP\r\n");
+  }
+  CHECK_STR(toserver(), "*\r\n");
+  server("501 5.0.0 cancelled\r\n");
+  CHECK_STR(toserver(), "NOOP\r\n");
+  server("250 ok\r\n");
+  CHECK_STR(toclient(), "334 \r\n501 5.0.0 cancelled\r\n250 ok\r\n");
+}
+
+/* without -L the same bytes are content, passed on as they came */
+static void guard_off_passes(void)
+{
+  size_t k;
+  for (k = 0; k < sizeof smuggle / sizeof smuggle[0]; k++) {
+    static char body[100];
+    cleared("250 mx\r\n");
+    client("RCPT TO:<c@d>\r\nDATA\r\n");
+    toserver();
+    server("250 ok\r\n354 go\r\n");
+    toclient();
+    memcpy(body, "first", 5);
+    memcpy(body + 5, smuggle[k].seq, smuggle[k].len);
+    CHECK(client_n(body, 5 + smuggle[k].len) == 5 + smuggle[k].len);
+    CHECK(strlen(toserver()) <= 5 + smuggle[k].len && e.phase == SMTP_P_CLEAR);
+  }
+}
+
 int main(void)
 {
   RUN(greeting_multiline);
@@ -1345,5 +1599,13 @@ int main(void)
   RUN(fresh_smtpd_gone_before_greeting);
   RUN(fresh_pipelined_starttls_refused);
   RUN(fresh_waits_for_earlier_replies);
+  RUN(guard_every_split);
+  RUN(guard_reply_then_421);
+  RUN(guard_standard_end);
+  RUN(guard_bdat_untouched);
+  RUN(guard_after_tls);
+  RUN(guard_refusal_waits_for_room);
+  RUN(guard_plainauth);
+  RUN(guard_off_passes);
   return check_failures != 0;
 }
