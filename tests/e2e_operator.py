@@ -141,7 +141,7 @@ def exit_status_every_way_a_client_goes(flavour, ropts):
             bed.wait_exit()
             check(not bed.leftovers(), "%s: leftovers" % name)
             deadline = time.time() + 5
-            while ": info: end: " not in bed.stderr_text() and time.time() < deadline:
+            while ": info: end: " not in bed.logtext() and time.time() < deadline:
                 time.sleep(0.05)
             line = end_line(bed)
             check(re.match(r"plaintext, %s, \d+\.\d{3} s, %d bytes in, \d+ out, exit %d$"
@@ -161,7 +161,7 @@ def exit_status_every_way_a_client_goes(flavour, ropts):
         c.close()
         bed.wait_exit()
         deadline = time.time() + 5
-        while ": info: end: " not in bed.stderr_text() and time.time() < deadline:
+        while ": info: end: " not in bed.logtext() and time.time() < deadline:
             time.sleep(0.05)
         line = end_line(bed)
         if ropts:
