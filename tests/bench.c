@@ -39,6 +39,7 @@ struct contender {
   const char *name;
   char *argv[8];
   int floor;
+  int fresh;                       /* -e: the sinks are the spawned process's children */
   long size;                       /* bytes of the program file, -1 if unknown */
   double wall[NSCEN][MAXRUNS];     /* seconds for the whole batch */
   double cpu[NSCEN][MAXRUNS];      /* user+sys seconds of the session's processes */
@@ -199,7 +200,7 @@ static long session(struct contender *k, int scen, int sample)
   int cs[2], ctl[2], tr[2], tw[2], status;
   struct conn c;
   pid_t pid;
-  char rep[64];
+  char rep[128], *line;
   long rss = 0, reppid = 0, hwm = -1;
   ssize_t n;
 
@@ -261,10 +262,11 @@ static long session(struct contender *k, int scen, int sample)
     fprintf(stderr, "bench: fatal: %s: the session's process ended with status %d\n", k->name, status);
     exit(1);
   }
+  /* one report per sink: with -e, two, from the proxy's children */
   n = read(report_r, rep, sizeof rep - 1);
-  if (n > 0) {
-    rep[n] = 0;
-    sscanf(rep, "%ld %ld", &reppid, &rss);
+  for (line = rep, rep[n > 0 ? n : 0] = 0; *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : "") {
+    long p, r;
+    if (sscanf(line, "%ld %ld", &p, &r) == 2 && (p == (long)pid || k->fresh)) { reppid = pid; rss = r; }
   }
   if (reppid != (long)pid) fail("the sink did not report, or is not the process the driver spawned");
   if (!sample || k->floor) return 0;
@@ -319,6 +321,7 @@ static void contender(char *spec)
   k->floor = !strcmp(spec, "floor");
   if (!k->floor)
     for (p = strtok(eq + 1, ","); p && i < 6; p = strtok(NULL, ",")) k->argv[i++] = p;
+  k->fresh = i > 1 && !strcmp(k->argv[i - 1], "-e");
   k->argv[i++] = (char *)sink;
   k->argv[i] = NULL;
   k->size = !k->floor && strchr(k->argv[0], '/') && !stat(k->argv[0], &st) ? (long)st.st_size : -1;
