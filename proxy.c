@@ -427,9 +427,10 @@ int main(int argc, char **argv)
   close(fromserver[1]);
   close(execfail[1]);
   execfail_r = execfail[0];
-  /* these pipe ends are ours alone: never blocking */
-  fcntl(toserver[1], F_SETFL, fcntl(toserver[1], F_GETFL) | O_NONBLOCK);
-  fcntl(fromserver[0], F_SETFL, fcntl(fromserver[0], F_GETFL) | O_NONBLOCK);
+  /* these pipe ends are ours alone: never blocking (new pipes: no other
+   * status flag to keep) */
+  fcntl(toserver[1], F_SETFL, O_NONBLOCK);
+  fcntl(fromserver[0], F_SETFL, O_NONBLOCK);
   smtpd_r = fromserver[0];
   smtpd_w = toserver[1];
   smtp_init(&engine, flags);
