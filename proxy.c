@@ -33,6 +33,7 @@ static struct smtp engine;
 static int smtpd_r = -1, smtpd_w = -1; /* our ends of the smtpd's pipes */
 static int execfail_r = -1; /* a byte here: the exec failed, and the parent said so */
 static int smtpd_ended;      /* the smtpd's output was seen to end (EOF or hang-up) */
+static int smtpd_eof;        /* and its EOF was read: nothing more can come */
 static long long drainend;   /* from then on everything ends by this (0: no bound) */
 static int drained;          /* and the session ended on it */
 
@@ -213,7 +214,7 @@ static size_t drop(int fd, long long deadline)
 static void linger(int sr, long long deadline)
 {
   if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
-  drop(sr, deadline);
+  if (!smtpd_eof) drop(sr, deadline);
   relay_eof(1, 0);
   drop(0, deadline);
 }
@@ -393,7 +394,7 @@ static void session(int sr, int sw)
     if (p[2].revents && (sroom = smtp_server_room(&engine, &sin)) > 0) {
       ssize_t n = read(sr, sin, sroom);
       if (n > 0) { smtp_server_input(&engine, (size_t)n); moved = 1; }
-      else if (!n || !again()) { smtpd_end(); smtp_server_eof(&engine); }
+      else if (!n || !again()) { smtpd_end(); smtpd_eof = !n; smtp_server_eof(&engine); }
     }
     if (moved) deadline = io_deadline(timeout);
   }
