@@ -36,6 +36,7 @@ static struct smtp engine;
 static int smtpd_r = -1, smtpd_w = -1; /* our ends of the smtpd's pipes */
 static int execfail_r = -1; /* a byte here: the exec failed, and the parent said so */
 static int smtpd_ended;      /* the smtpd's output was seen to end (EOF or hang-up) */
+static int smtpd_eof;        /* and its EOF was read: nothing more can come */
 static long long drainend;   /* from then on everything ends by this (0: no bound) */
 static int drained;          /* and the session ended on it */
 static char **smtpd_argv;
@@ -295,9 +296,10 @@ static void mkpipe(int p[2])
   fcntl(p[1], F_SETFD, FD_CLOEXEC);
 }
 
+/* for our new pipes: no other status flag to keep */
 static void nonblocking(int fd)
 {
-  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  fcntl(fd, F_SETFL, O_NONBLOCK);
 }
 
 /* Becomes the smtpd on pipes in and out, environment env. Every other
@@ -376,7 +378,7 @@ static size_t drop(int fd, long long deadline)
 static void linger(long long deadline)
 {
   if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
-  drop(smtpd_r, deadline);
+  if (!smtpd_eof) drop(smtpd_r, deadline);
   relay_eof(1, 0);
   drop(0, deadline);
 }
@@ -459,7 +461,7 @@ static void renew(const struct ucspitls_block *b)
   first_r = smtpd_r;
   first_pid = smtpd_pid;
   smtpd_r = smtpd_w = execfail_r = -1;
-  smtpd_ended = 0;
+  smtpd_ended = smtpd_eof = 0;
   drainend = 0;
   start_smtpd(smtpd_environ(b), 1);
   mkpipe(term);
@@ -684,7 +686,7 @@ static void session(void)
     if (p[2].revents && (sroom = smtp_server_room(&engine, &sin)) > 0) {
       ssize_t n = read(sr, sin, sroom);
       if (n > 0) { smtp_server_input(&engine, (size_t)n); moved = 1; }
-      else if (!n || !again()) { smtpd_end(); smtp_server_eof(&engine); }
+      else if (!n || !again()) { smtpd_end(); smtpd_eof = !n; smtp_server_eof(&engine); }
     }
     if (moved) deadline = io_deadline(timeout);
   }

@@ -10,8 +10,12 @@
  *   bench [-n sessions] [-r runs] [-m bulk_mib] sink name=prog[,arg...]...
  *
  * The contender named "floor" is the client talking straight to the sink.
- * Runs are interleaved (every contender once per run, in turn) and each
- * figure is the median of the runs. */
+ * Runs are interleaved (every contender once per run), and within a run
+ * the contenders take turns session by session, in an order shuffled
+ * afresh for each round, so that a change in the machine's load falls on
+ * all of them alike; each figure is the median of the runs. CPU time and
+ * page faults are each session's own, from getrusage(RUSAGE_CHILDREN)
+ * before and after it. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -44,13 +48,14 @@ struct contender {
   double wall[NSCEN][MAXRUNS];     /* seconds for the whole batch */
   double cpu[NSCEN][MAXRUNS];      /* user+sys seconds of the session's processes */
   double rss[NSCEN][MAXRUNS];      /* KiB, the proxy's peak in the batch's last session */
+  double flt[NSCEN][MAXRUNS];      /* minor page faults of the session's processes */
 };
 
 static struct contender cont[MAXC];
 
 /* The medians of a contender's runs in one scenario, computed once. */
 struct medians {
-  double wall, cpu, rss; /* whole batch: seconds, seconds; KiB */
+  double wall, cpu, rss, flt; /* whole batch: seconds, seconds; KiB; faults */
 };
 static struct medians med[NSCEN][MAXC];
 static int ncont;
@@ -77,10 +82,12 @@ static double now(void)
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static double children_cpu(void)
+/* The CPU seconds and minor page faults of every child reaped so far. */
+static double children_cpu(double *faults)
 {
   struct rusage ru;
   getrusage(RUSAGE_CHILDREN, &ru);
+  *faults = (double)ru.ru_minflt;
   return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
          (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
@@ -273,19 +280,39 @@ static long session(struct contender *k, int scen, int sample)
   return hwm >= 0 ? hwm : rss;
 }
 
-static void batch(struct contender *k, int scen, int run)
+/* One session, its wall and CPU time and faults added to the run's. */
+static void timed(struct contender *k, int scen, int run, int sample)
 {
-  long i, n = BULK(scen) ? 1 : nsessions, rss, maxrss = 0;
-  double t0, c0;
-  c0 = children_cpu();
+  double t0, c0, f0, f1;
+  long rss;
+  c0 = children_cpu(&f0);
   t0 = now();
-  for (i = 0; i < n; i++) {
-    rss = session(k, scen, i == n - 1);
-    if (rss > maxrss) maxrss = rss;
+  rss = session(k, scen, sample);
+  k->wall[scen][run] += now() - t0;
+  k->cpu[scen][run] += children_cpu(&f1) - c0;
+  k->flt[scen][run] += f1 - f0;
+  if ((double)rss > k->rss[scen][run]) k->rss[scen][run] = (double)rss;
+}
+
+/* A scenario's run: nsessions rounds, each contender once a round, in an
+ * order shuffled for each round (a fixed-seed LCG: the same order every
+ * time the bench runs), so that no contender keeps following another. */
+static void batch(int scen, int run)
+{
+  static unsigned long seed = 1;
+  int order[MAXC], i, j, t;
+  long round, n = BULK(scen) ? 1 : nsessions;
+  for (i = 0; i < ncont; i++) order[i] = i;
+  for (round = 0; round < n; round++) {
+    for (i = ncont - 1; i > 0; i--) {
+      seed = (seed * 1103515245UL + 12345UL) & 0x7fffffffUL;
+      j = (int)((seed >> 16) % (unsigned long)(i + 1));
+      t = order[i];
+      order[i] = order[j];
+      order[j] = t;
+    }
+    for (i = 0; i < ncont; i++) timed(&cont[order[i]], scen, run, round == n - 1);
   }
-  k->wall[scen][run] = now() - t0;
-  k->cpu[scen][run] = children_cpu() - c0;
-  k->rss[scen][run] = (double)maxrss;
 }
 
 static int cmpd(const void *a, const void *b)
@@ -361,8 +388,7 @@ int main(int argc, char **argv)
 
   for (run = 0; run < nruns; run++) {
     fprintf(stderr, "bench: run %d of %ld\n", run + 1, nruns);
-    for (s = 0; s < NSCEN; s++)
-      for (i = 0; i < ncont; i++) batch(&cont[i], s, run);
+    for (s = 0; s < NSCEN; s++) batch(s, run);
   }
 
   for (s = 0; s < NSCEN; s++)
@@ -370,24 +396,27 @@ int main(int argc, char **argv)
       med[s][i].wall = median(cont[i].wall[s], (int)nruns);
       med[s][i].cpu = median(cont[i].cpu[s], (int)nruns);
       med[s][i].rss = median(cont[i].rss[s], (int)nruns);
+      med[s][i].flt = median(cont[i].flt[s], (int)nruns);
     }
 
   printf("%ld sessions per batch, bulk %ld MiB, median of %ld interleaved runs\n\n",
          nsessions, bulkmib, nruns);
-  printf("%-10s %-16s %12s %12s %12s %12s %10s\n", "scenario", "contender",
-         "sessions/s", "wall us", "cpu us", "added cpu us", "rss KiB");
+  printf("%-10s %-16s %12s %12s %12s %12s %12s %10s\n", "scenario", "contender",
+         "sessions/s", "wall us", "cpu us", "added cpu us", "added faults", "rss KiB");
   for (s = 0; s < NSCEN; s++) {
     double fcpu = f >= 0 ? med[s][f].cpu : 0, n = BULK(s) ? 1 : (double)nsessions;
+    double fflt = f >= 0 ? med[s][f].flt : 0;
     for (i = 0; i < ncont; i++) {
       const struct medians *m = &med[s][i];
       char rss[24] = "-";
       if (!cont[i].floor) snprintf(rss, sizeof rss, "%.0f", m->rss);
       if (BULK(s))
-        printf("%-10s %-16s %9.0f MiB/s %9.0f ms %9.0f ms %9.0f ms %10s\n", scenname[s], cont[i].name,
-               (double)bulkmib / m->wall, m->wall * 1e3, m->cpu * 1e3, (m->cpu - fcpu) * 1e3, rss);
+        printf("%-10s %-16s %9.0f MiB/s %9.0f ms %9.0f ms %9.0f ms %12.0f %10s\n", scenname[s], cont[i].name,
+               (double)bulkmib / m->wall, m->wall * 1e3, m->cpu * 1e3, (m->cpu - fcpu) * 1e3, m->flt - fflt, rss);
       else
-        printf("%-10s %-16s %12.0f %12.0f %12.0f %12.0f %10s\n", scenname[s], cont[i].name,
-               n / m->wall, m->wall / n * 1e6, m->cpu / n * 1e6, (m->cpu - fcpu) / n * 1e6, rss);
+        printf("%-10s %-16s %12.0f %12.0f %12.0f %12.0f %12.1f %10s\n", scenname[s], cont[i].name,
+               n / m->wall, m->wall / n * 1e6, m->cpu / n * 1e6, (m->cpu - fcpu) / n * 1e6,
+               (m->flt - fflt) / n, rss);
     }
   }
   printf("\n");
@@ -409,8 +438,9 @@ int main(int argc, char **argv)
     for (s = 0; s < 2; s++)
       for (i = 0; i < ncont; i++)
         if (i != o && i != f)
-          printf("%s: %s adds %.0f%% of the CPU that %s adds\n", scenname[s], cont[i].name,
-                 100 * (med[s][i].cpu - med[s][f].cpu) / (med[s][o].cpu - med[s][f].cpu), cont[o].name);
+          printf("%s: %s adds %.0f%% of the CPU that %s adds, %.0f%% of its page faults\n", scenname[s],
+                 cont[i].name, 100 * (med[s][i].cpu - med[s][f].cpu) / (med[s][o].cpu - med[s][f].cpu),
+                 cont[o].name, 100 * (med[s][i].flt - med[s][f].flt) / (med[s][o].flt - med[s][f].flt));
   for (i = 0; i < ncont; i++)
     if (cont[i].size >= 0 && (!i || strcmp(cont[i].argv[0], cont[i - 1].argv[0])))
       printf("size of %s: %ld bytes\n", cont[i].argv[0], cont[i].size);
@@ -428,6 +458,9 @@ int main(int argc, char **argv)
         figure(scenname[s], who, "cpu", m->cpu / n * 1e6, "us/session");
         if (f >= 0 && i != f)
           figure(scenname[s], who, "added_cpu", (m->cpu - med[s][f].cpu) / n * 1e6, "us/session");
+        figure(scenname[s], who, "faults", m->flt / n, "/session");
+        if (f >= 0 && i != f)
+          figure(scenname[s], who, "added_faults", (m->flt - med[s][f].flt) / n, "/session");
         if (f >= 0 && o >= 0 && i != o && i != f)
           figure(scenname[s], who, "added_cpu_of_other",
                  100 * (m->cpu - med[s][f].cpu) / (med[s][o].cpu - med[s][f].cpu), "%");
