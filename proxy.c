@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -40,7 +41,7 @@ static int smtpd_eof;        /* and its EOF was read: nothing more can come */
 static long long drainend;   /* from then on everything ends by this (0: no bound) */
 static int drained;          /* and the session ended on it */
 static char **smtpd_argv;
-static struct sigaction pipeact; /* SIGPIPE as we were given it: the smtpds get it so */
+static struct sigaction pipeact, chldact, termact; /* as we were given them: the smtpds get them so */
 /* -e: this process stays the one the super-server knows; the smtpds are
  * its children */
 static int fresh;
@@ -48,8 +49,10 @@ static pid_t smtpd_pid;      /* the smtpd serving now */
 static pid_t first_pid;      /* after TLS: the smtpd that greeted, told to go */
 static int first_r = -1;     /* its output, left unread, so that its last reply finds a pipe */
 static pid_t relay_pid;      /* with -S: the process that becomes s6-ioconnect */
-static int term[2] = { -1, -1 }; /* after TLS, SIGTERM is a byte here */
+static int term[2] = { -1, -1 }; /* from the handshake on, SIGTERM is a byte here */
+static int chld[2] = { -1, -1 }; /* and SIGCHLD one here */
 static volatile sig_atomic_t termed;
+static int dying;            /* a fatal error is ending this process */
 static char keepbuf[UCSPITLS_KEEPMAX]; /* the block's entries, the smtpd's after TLS */
 #define ENVMAX 4096
 static char *envbuf[ENVMAX];
@@ -65,10 +68,16 @@ static int endlogged;
 static void finale(void);
 static void endline(int code, const char *smtpd);
 
+static size_t drop(int fd, long long deadline, int stoppable);
+static unsigned long drainbound(void);
+
 /* Exits with every descriptor we opened closed, so a leak checker sees
  * only what we were given. */
 static void leave(int code)
 {
+  /* with -e the smtpd is waited for: it must not die of a closed pipe */
+  if (fresh && smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
+  if (fresh && smtpd_r >= 0 && !smtpd_eof) drop(smtpd_r, io_deadline(drainbound()), 0);
   if (smtpd_r >= 0) close(smtpd_r);
   if (smtpd_w >= 0) close(smtpd_w);
   if (execfail_r >= 0) close(execfail_r);
@@ -99,9 +108,23 @@ static void say(unsigned long level, const char *kind, const char *fmt, ...)
   while (write(2, buf, (size_t)n) < 0 && errno == EINTR) ;
 }
 
-#define fatal(code, ...) (say(0, "fatal", __VA_ARGS__), endwhy = "fatal error", endline(code, 0), _exit(code))
+static void die(int code);
+#define fatal(code, ...) (say(0, "fatal", __VA_ARGS__), die(code), _exit(code))
 #define warn(...) say(1, "warning", __VA_ARGS__)
 #define info(...) say(2, "info", __VA_ARGS__)
+
+/* After a fatal error: with -e the smtpd is still waited for, and its
+ * status passed on, as without -e the super-server would see it. */
+static void die(int code)
+{
+  endwhy = "fatal error";
+  if (fresh && !dying) {
+    dying = 1;
+    leave(code);
+  }
+  endline(code, 0);
+  _exit(code);
+}
 
 static void usage(void)
 {
@@ -234,10 +257,13 @@ static void mktag(void)
   char addr[48];
   size_t n = 0;
   if (!ip || !*ip) ip = getenv("SSLREMOTEIP");
-  for (; ip && *ip && n < sizeof addr - 1; ip++)
-    if ((*ip >= '0' && *ip <= '9') || (*ip >= 'a' && *ip <= 'f') || (*ip >= 'A' && *ip <= 'F')
-        || *ip == '.' || *ip == ':')
-      addr[n++] = *ip;
+  /* up to what no address holds (an IPv6 zone, say) */
+  for (; ip && *ip && n < sizeof addr - 1; ip++) {
+    if (!((*ip >= '0' && *ip <= '9') || (*ip >= 'a' && *ip <= 'f') || (*ip >= 'A' && *ip <= 'F')
+          || *ip == '.' || *ip == ':'))
+      break;
+    addr[n++] = *ip;
+  }
   addr[n] = 0;
   snprintf(tag, sizeof tag, n ? "pid %ld ip %s" : "pid %ld", (long)getpid(), addr);
 }
@@ -260,6 +286,30 @@ static void endline(int code, const char *smtpd)
        endwhy, t / 1000, t % 1000, bytesin + in, bytesout + out, status);
 }
 
+/* A socket's two addresses, as names for it where fstat gives sockets no
+ * inode (the BSDs); only IP sockets: unnamed local ones all look alike. */
+static int sameends(int a, int b)
+{
+  int end;
+  for (end = 0; end < 2; end++) {
+    struct sockaddr_storage x, y;
+    socklen_t lx = sizeof x, ly = sizeof y;
+    int r = end ? getpeername(a, (struct sockaddr *)&x, &lx) : getsockname(a, (struct sockaddr *)&x, &lx);
+    if (r < 0 || (end ? getpeername(b, (struct sockaddr *)&y, &ly) : getsockname(b, (struct sockaddr *)&y, &ly)) < 0)
+      return 0;
+    if (lx != ly || (x.ss_family != AF_INET && x.ss_family != AF_INET6) || memcmp(&x, &y, lx) != 0) return 0;
+  }
+  return 1;
+}
+
+/* Whether fd (with st) is the client connection that cfd (with c) is. */
+static int sameconn(int fd, const struct stat *st, int cfd, const struct stat *c)
+{
+  if ((st->st_mode & S_IFMT) != (c->st_mode & S_IFMT)) return 0;
+  if (st->st_ino || c->st_ino) return st->st_dev == c->st_dev && st->st_ino == c->st_ino;
+  return S_ISSOCK(st->st_mode) && sameends(fd, cfd);
+}
+
 /* Copies of the client connection besides fds 0 and 1 (sslserver leaves
  * one) are found by what they refer to and closed: neither the smtpd nor
  * the relay may hold the raw connection. One poll(2) tells which of the
@@ -280,8 +330,7 @@ static void close_strays(void)
   for (i = 3; i < n; i++) {
     if (p[i - 3].revents & POLLNVAL || i == ctlfd || i == readfd || i == writefd) continue;
     if (fstat(i, &st) < 0) continue;
-    if ((st.st_dev == c0.st_dev && st.st_ino == c0.st_ino)
-        || (st.st_dev == c1.st_dev && st.st_ino == c1.st_ino)) {
+    if (sameconn(i, &st, 0, &c0) || sameconn(i, &st, 1, &c1)) {
       close(i);
       info("closed fd %d, a copy of the client connection", i);
     }
@@ -309,12 +358,16 @@ static void nonblocking(int fd)
 static void smtpd_exec(char **env, int in, int out, int failfd)
 {
   int e;
-  endlogged = 1; /* the session's end is not this process's to tell */
+  /* the session's end is not this process's to tell, nor to wait for */
+  endlogged = 1;
+  fresh = 0;
   if (dup2(in, 0) < 0 || dup2(out, 1) < 0) fatal(111, "unable to set up the smtpd's stdin and stdout: %s", strerror(errno));
   if (ctlfd >= 0) closeabove2(ctlfd);
   if (readfd >= 0) closeabove2(readfd);
   if (writefd >= 0) closeabove2(writefd);
   sigaction(SIGPIPE, &pipeact, 0);
+  sigaction(SIGCHLD, &chldact, 0);
+  sigaction(SIGTERM, &termact, 0);
   /* POSIX: assigning environ is how a whole new environment is given to execvp */
   environ = env;
   execvp(smtpd_argv[0], smtpd_argv);
@@ -348,9 +401,9 @@ static void start_smtpd(char **env, int child)
 }
 
 /* Reads and drops what fd holds, waiting for more until its EOF, the
- * deadline (one already past: no wait) or a SIGTERM that ends the session
- * (-e); returns how many bytes. */
-static size_t drop(int fd, long long deadline)
+ * deadline (one already past: no wait) or, if stoppable, a SIGTERM that
+ * ends the session (-e); returns how many bytes. */
+static size_t drop(int fd, long long deadline, int stoppable)
 {
   char junk[512];
   size_t dropped = 0;
@@ -359,7 +412,7 @@ static size_t drop(int fd, long long deadline)
     ssize_t n;
     int r;
     p[0].fd = fd; p[0].events = POLLIN;
-    p[1].fd = term[0]; p[1].events = POLLIN;
+    p[1].fd = stoppable ? term[0] : -1; p[1].events = POLLIN;
     r = poll(p, 2, io_left(deadline));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0 || p[1].revents) break;
@@ -378,9 +431,11 @@ static size_t drop(int fd, long long deadline)
 static void linger(long long deadline)
 {
   if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
-  if (!smtpd_eof) drop(smtpd_r, deadline);
+  /* the smtpd's last words are read even after a SIGTERM: it must not
+   * die of a closed pipe; the client's side is of no more use then */
+  if (!smtpd_eof) drop(smtpd_r, deadline, 0);
   relay_eof(1, 0);
-  drop(0, deadline);
+  drop(0, deadline, 1);
 }
 
 static void finish(void)
@@ -432,15 +487,26 @@ static void move_to(int from, int to)
   if (dup2(from, to) < 0) fatal(111, "unable to move the TLS descriptors: %s", strerror(errno));
 }
 
-static void onterm(int sig)
+static void onsignal(int sig)
 {
   int e = errno;
-  (void)sig;
   ssize_t r;
-  termed = 1;
-  r = write(term[1], "", 1);
+  if (sig == SIGTERM) termed = 1;
+  r = write(sig == SIGTERM ? term[1] : chld[1], "", 1);
   (void)r;
   errno = e;
+}
+
+static void catch(int sig, int p[2])
+{
+  struct sigaction sa;
+  mkpipe(p);
+  nonblocking(p[0]);
+  nonblocking(p[1]);
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = onsignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(sig, &sa, 0);
 }
 
 /* -e, after TLS: the first smtpd is told to go, a new one starts with the
@@ -449,7 +515,6 @@ static void onterm(int sig)
  * smtpd's. Until then SIGTERM kills as it would kill the smtpd without -e. */
 static void renew(const struct ucspitls_block *b)
 {
-  struct sigaction sa;
   if (b->over)
     warn("the UCSPI-TLS information block is over %lu bytes: the smtpd after TLS gets none of its variables",
          UCSPITLS_KEEPMAX);
@@ -464,12 +529,6 @@ static void renew(const struct ucspitls_block *b)
   smtpd_ended = smtpd_eof = 0;
   drainend = 0;
   start_smtpd(smtpd_environ(b), 1);
-  mkpipe(term);
-  nonblocking(term[1]);
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = onterm;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, 0);
 }
 
 static void handshake(void)
@@ -479,12 +538,21 @@ static void handshake(void)
   int r, w;
   enum ucspitls_result res;
   ucspitls_block_init(&b);
-  if (fresh) ucspitls_block_keep(&b, keepbuf, sizeof keepbuf);
-  res = ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), &b);
+  /* -e: sslserver's SIGTERM for a failed handshake, or at a TLS session's
+   * end, must leave this process the time to wait for the smtpd */
+  if (fresh) {
+    ucspitls_block_keep(&b, keepbuf, sizeof keepbuf);
+    catch(SIGTERM, term);
+  }
+  res = ucspitls_start(ctlfd, ctlfd == readfd, io_deadline(timeout), term[0], &b);
   if (res == UCSPITLS_TOOBIG) fatal(1, "the UCSPI-TLS information block is over %lu bytes", UCSPITLS_BLOCKMAX);
   if (res == UCSPITLS_ERROR) fatal(111, "unable to talk to the UCSPI-TLS server: %s", strerror(errno));
   /* what clients do, scanners most of all, is no warning for the operator */
-  if (res == UCSPITLS_FAILED) { endwhy = "TLS handshake failed"; info("TLS handshake failed"); leave(1); }
+  if (res == UCSPITLS_FAILED || res == UCSPITLS_STOPPED) {
+    endwhy = "TLS handshake failed";
+    info("TLS handshake failed");
+    leave(1);
+  }
   if (res == UCSPITLS_GONE) {
     endwhy = "no UCSPI-TLS server";
     warn("the UCSPI-TLS server is gone before the handshake");
@@ -514,7 +582,7 @@ static void handshake(void)
   readfd = writefd = -1;
   /* RFC 3207 4.2: nothing from before TLS counts, in either direction; an
    * EOF seen here is seen again by the session */
-  dropped = drop(smtpd_r, io_now());
+  dropped = drop(smtpd_r, io_now(), 0);
   if (fresh) renew(&b);
   dropped += smtp_tls_started(&engine);
   if (dropped) info("discarded %lu bytes the smtpd sent before the TLS handshake", (unsigned long)dropped);
@@ -530,37 +598,56 @@ static void relay(void)
     if (relay_preload(RELAY_TOCLIENT, l.toclient[i], l.toclientlen[i]) < 0
         || relay_preload(RELAY_TOSERVER, l.toserver[i], l.toserverlen[i]) < 0)
       fatal(111, "relay buffers too small for the leftovers");
+  if (ioconnect && !relay_findable()) {
+    info("s6-ioconnect is not in PATH: using the built-in relay");
+    ioconnect = 0;
+  }
   if (ioconnect && fresh) {
-    /* this process waits for the smtpd: another becomes s6-ioconnect */
-    pid_t pid = fork();
+    /* this process waits for the smtpd: another becomes s6-ioconnect, and
+     * a SIGTERM meant for it must not reach our handler in between */
+    sigset_t set, old;
+    pid_t pid;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigprocmask(SIG_BLOCK, &set, &old);
+    pid = fork();
     if (pid < 0) fatal(111, "fork: %s", strerror(errno));
     if (pid) {
+      sigprocmask(SIG_SETMASK, &old, 0);
       relay_pid = pid;
+      /* the relay's descriptors are its own: ours would keep EOF from passing */
       close(0);
       close(1);
+      close(smtpd_r);
+      close(smtpd_w);
+      smtpd_r = smtpd_w = -1;
       endwhy = "s6-ioconnect relayed the rest";
       leave(0);
     }
     fresh = 0;
-    endlogged = 1;
-    signal(SIGTERM, SIG_DFL);
+    endlogged = 1; /* the waiting process tells the end */
+    sigaction(SIGTERM, &termact, 0);
+    sigprocmask(SIG_SETMASK, &old, 0);
   }
   if (ioconnect) {
     /* s6-ioconnect starts with empty buffers: the leftovers go first */
     if (!relay_flush(1, sw, io_deadline(relaytimeout))) {
+      int told = endlogged;
       /* the smtpd's pipes are the ones it must keep */
       fcntl(sr, F_SETFD, 0);
       fcntl(sw, F_SETFD, 0);
       endwhy = "s6-ioconnect relays the rest";
       endline(-1, 0);
       relay_exec(sr, sw, relaytimeout);
+      fcntl(sr, F_SETFD, FD_CLOEXEC);
+      fcntl(sw, F_SETFD, FD_CLOEXEC);
+      endlogged = told; /* it found s6-ioconnect gone since: the end is ours to tell */
       info("unable to exec s6-ioconnect: %s: using the built-in relay", strerror(errno));
     } else if (errno == ETIMEDOUT) {
       warn("relay: the engine's last bytes found no reader for %lu ms: closing", relaytimeout);
       leave(99);
     }
   }
-  endlogged = 0; /* s6-ioconnect could not take it: ours to tell again */
   res = relay_run(0, 1, sr, sw, relaytimeout, drainbound(), fresh ? term[0] : -1);
   switch (res) {
   case RELAY_ERROR: fatal(111, "relay: %s", strerror(errno));
@@ -576,7 +663,7 @@ static void relay(void)
     endwhy = "drain bound";
     warn("relay: the client's side still open %lu ms after the smtpd's output ended: closing", drainbound());
     break;
-  case RELAY_OK: endwhy = "relayed to the end"; break;
+  case RELAY_OK: endwhy = termed ? "SIGTERM" : "relayed to the end"; break;
   }
   leave(res == RELAY_OK ? 0 : 99);
 }
@@ -692,34 +779,60 @@ static void session(void)
   }
 }
 
+/* Empties a self-pipe. */
+static void drain(int fd)
+{
+  char junk[64];
+  while (fd >= 0 && read(fd, junk, sizeof junk) > 0) ;
+}
+
+/* How long the first smtpd has after its SIGTERM before SIGKILL. */
+#define FIRSTGRACE 1000
+
 /* -e: the end of this process, the one the super-server knows: after
- * the smtpd (and the relay) have ended, as the smtpd ended. A SIGTERM
- * meanwhile is passed on, to the relay first (its end is the smtpd's EOF),
- * as it would have reached the smtpd without -e. */
+ * the smtpd, the relay and the first smtpd have ended, as the smtpd ended.
+ * A SIGTERM meanwhile is passed on, to the relay first (its end is the
+ * smtpd's EOF), as it would have reached the smtpd without -e. SIGCHLD
+ * and SIGTERM both arrive as bytes polled for: neither can slip between a
+ * check and the wait. */
 static void finale(void)
 {
   int status = 0, st;
+  long long firstend = 0;
   /* a SIGTERM so far has been served: it ended the session */
   termed = 0;
+  drain(term[0]);
   if (first_r >= 0) close(first_r);
   first_r = -1;
-  if (first_pid && waitpid(first_pid, &st, WNOHANG) == 0) kill(first_pid, SIGTERM);
-  while (smtpd_pid || relay_pid) {
-    pid_t pid;
-    if (termed) {
-      termed = 0;
-      kill(relay_pid ? relay_pid : smtpd_pid, SIGTERM);
+  for (;;) {
+    struct pollfd p[2];
+    pid_t pid, to;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+      if (pid == smtpd_pid) { status = st; smtpd_pid = 0; }
+      if (pid == relay_pid) relay_pid = 0;
+      if (pid == first_pid) first_pid = 0;
     }
-    pid = waitpid(-1, &st, 0);
-    if (pid < 0) {
-      if (errno == EINTR) continue;
-      fatal(111, "waitpid: %s", strerror(errno));
+    if (pid < 0 && errno == ECHILD) smtpd_pid = relay_pid = first_pid = 0;
+    else if (pid < 0 && errno != EINTR) fatal(111, "waitpid: %s", strerror(errno));
+    if (!smtpd_pid && !relay_pid && !first_pid) break;
+    /* the first smtpd was told QUIT long ago: one that lingers is ended */
+    if (first_pid && !firstend) {
+      kill(first_pid, SIGTERM);
+      firstend = io_deadline(FIRSTGRACE);
+    } else if (first_pid && !io_left(firstend)) {
+      kill(first_pid, SIGKILL);
+      firstend = io_deadline(FIRSTGRACE);
     }
-    if (pid == smtpd_pid) { status = st; smtpd_pid = 0; }
-    if (pid == relay_pid) relay_pid = 0;
-    if (pid == first_pid) first_pid = 0;
+    to = relay_pid ? relay_pid : smtpd_pid;
+    if (termed && to > 0) kill(to, SIGTERM);
+    termed = 0;
+    p[0].fd = term[0]; p[0].events = POLLIN;
+    p[1].fd = chld[0]; p[1].events = POLLIN;
+    if (poll(p, 2, first_pid ? io_left(firstend) : -1) < 0 && errno != EINTR)
+      fatal(111, "poll: %s", strerror(errno));
+    drain(term[0]);
+    drain(chld[0]);
   }
-  if (first_pid) waitpid(first_pid, &st, WNOHANG);
   {
     char how[32];
     if (WIFSIGNALED(status)) snprintf(how, sizeof how, "signal %d", WTERMSIG(status));
@@ -751,6 +864,10 @@ int main(int argc, char **argv)
   if (fcntl(2, F_GETFD) < 0 && open("/dev/null", O_WRONLY) != 2)
     fatal(111, "unable to open /dev/null as fd 2: %s", strerror(errno));
   sigaction(SIGPIPE, 0, &pipeact);
+  sigaction(SIGCHLD, 0, &chldact);
+  sigaction(SIGTERM, 0, &termact);
+  /* -e: this process waits for its smtpds, whatever SIGCHLD it was given */
+  if (fresh) catch(SIGCHLD, chld);
   close_strays();
   started = io_now();
   start_smtpd(smtpd_environ(0), fresh);

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -71,6 +72,25 @@ int relay_flush(int cfdw, int sfdw, long long deadline)
 static void fmtfd(char *s, int fd)
 {
   sprintf(s, "%d", fd);
+}
+
+int relay_findable(void)
+{
+  const char *path = getenv("PATH"), *p, *end;
+  char file[4096];
+  if (!path) path = "/usr/bin:/bin";
+  for (p = path; ; p = end + 1) {
+    size_t n;
+    end = strchr(p, ':');
+    n = end ? (size_t)(end - p) : strlen(p);
+    /* an empty entry is the current folder, as execvp takes it */
+    if (n + sizeof "/s6-ioconnect" <= sizeof file) {
+      memcpy(file, n ? p : ".", n ? n : 1);
+      memcpy(file + (n ? n : 1), "/s6-ioconnect", sizeof "/s6-ioconnect");
+      if (!access(file, X_OK)) return 1;
+    }
+    if (!end) return 0;
+  }
 }
 
 void relay_exec(int sfdr, int sfdw, unsigned long timeout)

@@ -33,6 +33,9 @@ void relay_eof(int fd, int samefd);
  * engine's leftovers included) to *in and *out. */
 void relay_counts(unsigned long long *in, unsigned long long *out);
 
+/* Whether s6-ioconnect is an executable file in one of PATH's folders. */
+int relay_findable(void);
+
 /* Becomes s6-ioconnect between fds 0/1 and the smtpd's pipes, with idle
  * timeout ms (0: none). Returns only if it cannot be executed; errno says why. */
 void relay_exec(int sfdr, int sfdw, unsigned long timeout);

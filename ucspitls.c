@@ -95,7 +95,7 @@ size_t ucspitls_block_feed(struct ucspitls_block *b, const char *s, size_t n)
   return i;
 }
 
-enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline,
+enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline, int stopfd,
                                     struct ucspitls_block *b)
 {
   char buf[4096];
@@ -108,9 +108,15 @@ enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline,
     if (r < 0 && errno != EINTR && errno != EAGAIN) return UCSPITLS_ERROR;
   }
   while (!b->done) {
-    int w = io_wait(ctl, POLLIN, deadline);
+    struct pollfd p[2];
+    int w;
+    p[0].fd = ctl; p[0].events = POLLIN;
+    p[1].fd = stopfd; p[1].events = POLLIN;
+    w = poll(p, 2, io_left(deadline));
+    if (w < 0 && errno == EINTR) continue;
     if (w < 0) return UCSPITLS_ERROR;
     if (!w) return UCSPITLS_TIMEOUT;
+    if (p[1].revents) return UCSPITLS_STOPPED;
     r = read(ctl, buf, onebyte ? 1 : sizeof buf);
     if (r < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;

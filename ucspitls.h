@@ -53,6 +53,7 @@ enum ucspitls_result {
   UCSPITLS_FAILED,    /* control socket closed with nothing sent: handshake failed */
   UCSPITLS_GONE,      /* the control socket was closed before 'Y': no TLS server */
   UCSPITLS_TIMEOUT,
+  UCSPITLS_STOPPED,   /* stopfd became readable first */
   UCSPITLS_TOOBIG,    /* block over UCSPITLS_BLOCKMAX */
   UCSPITLS_ERROR      /* a system call failed: errno says why */
 };
@@ -60,8 +61,9 @@ enum ucspitls_result {
 /* Sends 'Y' on ctl and reads the block into b (made ready by
  * ucspitls_block_init(), and ucspitls_block_keep() if wanted), never waiting for EOF
  * (sslserver keeps the socket open). onebyte: ctl is also the TLS read fd,
- * so not one byte past the block may be read. Does not close ctl. */
-enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline,
+ * so not one byte past the block may be read. stopfd (-1: none) readable
+ * stops the wait. Does not close ctl. */
+enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline, int stopfd,
                                     struct ucspitls_block *b);
 
 #endif

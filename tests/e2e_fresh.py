@@ -3,7 +3,9 @@ block's variables, serves the session; the process the super-server knows
 waits for it and ends as it ended."""
 import hashlib
 import os
+import re
 import shutil
+import signal
 import smtplib
 import ssl
 import tempfile
@@ -315,6 +317,195 @@ def exim_received_names_cipher(flavour, _):
         check(b"with " + proto + b" cipher " + cipher in mbox, mbox[:600])
         body = msg.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
         check(body in mbox, "body not delivered intact")
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --- -e's process under signals and failures ---
+
+LAUNCH = """import os, signal, sys
+for name in sys.argv[1].split(","):
+    if name:
+        signal.signal(getattr(signal, name.split("=")[0]),
+                      signal.SIG_IGN if name.endswith("=ign") else signal.SIG_DFL)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+# an smtpd that still talks when its input ends, then exits 5
+EOFWRITE = """#!/bin/sh
+printf '220 hi\\r\\n'
+while read l; do
+  case "$l" in
+    [Ee][Hh][Ll][Oo]*) printf '250-ok\\r\\n250 PIPELINING\\r\\n';;
+    [Qq][Uu][Ii][Tt]*) printf '221 bye\\r\\n'; exit 0;;
+    *) printf '250 ok\\r\\n';;
+  esac
+done
+sleep 0.3
+printf '421 lost input\\r\\n'
+exit 5
+"""
+
+# says something that is no reply to the second command, exits 7 a little later
+GARBAGE = """#!/bin/sh
+printf '220 hi\\r\\n'
+read l; printf '250 ok\\r\\n'
+read l; printf 'garbage\\r\\n'
+sleep 0.5
+exit 7
+"""
+
+# before TLS (no SSL_PROTOCOL): deaf to QUIT and SIGTERM, gone only after 30 s
+STUBBORN = """#!/bin/sh
+[ -z "$SSL_PROTOCOL" ] && trap '' TERM
+printf '220 hi\\r\\n'
+while read l; do
+  case "$l" in
+    [Ee][Hh][Ll][Oo]*) printf '250-ok\\r\\n250 PIPELINING\\r\\n';;
+    [Qq][Uu][Ii][Tt]*) [ -n "$SSL_PROTOCOL" ] && { printf '221 bye\\r\\n'; exit 0; }; break;;
+    *) printf '250 ok\\r\\n';;
+  esac
+done
+[ -z "$SSL_PROTOCOL" ] && exec sleep 30
+exit 3
+"""
+
+
+def script(d, name, text):
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    return path
+
+
+def launched(flavour, d, signals, opts, smtpd, **kw):
+    """A bed whose app is the proxy started with the given signal
+    dispositions (as a super-server might leave them)."""
+    import sys
+    app = [sys.executable, script(d, "launch.py", LAUNCH), signals, PROG] + list(opts) + [smtpd]
+    return Bed(flavour, app=app, **kw)
+
+
+def tls_ehlo(bed):
+    c = Client(bed.port)
+    c.reply()
+    c.send(b"EHLO x\r\nSTARTTLS\r\n")
+    c.reply()
+    check(c.reply().startswith(b"220 "), "no 220")
+    c.starttls()
+    c.send(b"EHLO x\r\n")
+    check(c.reply().startswith(b"250-ok"), "EHLO over TLS")
+    return c
+
+
+@test()
+def fresh_sigterm_leaves_the_smtpd_its_last_words(flavour, _):
+    """A SIGTERM while the engine is in the middle after TLS (-L keeps it
+    there): the smtpd, which writes when its input ends, is read to its
+    end, not killed by a closed pipe (SIGPIPE left at its default, as real
+    super-servers leave it); the exit status is its own."""
+    d = tempfile.mkdtemp(prefix="sig-", dir=WORK)
+    bed = launched(flavour, d, "SIGPIPE", ("-e", "-L", "-v", "2"), script(d, "eofwrite", EOFWRITE))
+    try:
+        c = tls_ehlo(bed)
+        time.sleep(0.2)
+        pid = int([e[2] for e in bed.events() if e[1] == "app-pid"][0])
+        os.kill(pid, signal.SIGTERM)
+        code = bed.wait_exit()
+        check(code == "code=5", "exit %s, not the smtpd's 5" % code)
+        check(not bed.leftovers(), "leftovers")
+        check(re.search(r"end: TLSv1\.3 \S+, SIGTERM, .*, smtpd exit 5\n", bed.logtext()), bed.logtext())
+        c.close()
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test()
+def fresh_fatal_still_waits_for_the_smtpd(flavour, _):
+    """A fatal error under -e (the smtpd speaks no SMTP) still waits for the
+    smtpd and ends with its status, as the super-server sees it without -e."""
+    d = tempfile.mkdtemp(prefix="sig-", dir=WORK)
+    bed = Bed(flavour, app=[PROG, "-e", script(d, "garbage", GARBAGE)])
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"NOOP\r\n")
+        c.reply()
+        c.send(b"NOOP\r\n")
+        check(c.reply() == b"421 4.3.0 Mail server error, closing connection\r\n", "no 421")
+        c.close()
+        code = bed.wait_exit()
+        check(code == "code=7", "exit %s, not the smtpd's 7" % code)
+        check(not bed.leftovers(), "leftovers")
+        check("fatal: the smtpd sent a line that is not an SMTP reply" in bed.logtext(), bed.logtext())
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test()
+def fresh_sigchld_ignored(flavour, _):
+    """Given SIGCHLD ignored, -e still waits for its smtpds and passes the
+    status on."""
+    d = tempfile.mkdtemp(prefix="sig-", dir=WORK)
+    bed = launched(flavour, d, "SIGCHLD=ign", ("-e",), script(d, "eofwrite", EOFWRITE))
+    try:
+        c = tls_ehlo(bed)
+        c.close()
+        code = bed.wait_exit()
+        check(code == "code=5", "exit %s" % code)
+        check(not bed.leftovers(), "leftovers")
+        check("fatal" not in bed.logtext(), bed.logtext())
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test(flavours=("sslserver",))
+def fresh_failed_handshake_is_told(flavour, _):
+    """sslserver SIGTERMs the application when a handshake fails: under -e
+    that is the proxy, which still says so, ends the first smtpd and exits
+    with its status."""
+    d = tempfile.mkdtemp(prefix="sig-", dir=WORK)
+    bed = Bed(flavour, app=[PROG, "-e", "-v", "2", script(d, "eofwrite", EOFWRITE)])
+    try:
+        c = Client(bed.port)
+        c.reply()
+        c.send(b"STARTTLS\r\n")
+        c.reply()
+        c.send(b"GET / HTTP/1.0\r\n\r\n" * 20)
+        time.sleep(0.3)
+        c.close()
+        code = bed.wait_exit()
+        check(code == "code=5", "exit %s" % code)
+        check(not bed.leftovers(), "leftovers")
+        log = bed.logtext()
+        check("info: TLS handshake failed\n" in log and
+              re.search(r"end: plaintext, TLS handshake failed, .*, smtpd exit 5\n", log), log)
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test()
+def fresh_first_smtpd_deaf_is_ended(flavour, _):
+    """A first smtpd deaf to QUIT, EOF and SIGTERM is killed at the
+    session's end: nothing outlives the session."""
+    d = tempfile.mkdtemp(prefix="sig-", dir=WORK)
+    bed = Bed(flavour, app=[PROG, "-e", script(d, "stubborn", STUBBORN)])
+    try:
+        c = tls_ehlo(bed)
+        c.send(b"QUIT\r\n")
+        check(c.reply() == b"221 bye\r\n", "no 221")
+        c.close()
+        t0 = time.time()
+        code = bed.wait_exit()
+        check(code == "code=0", "exit %s" % code)
+        check(time.time() - t0 < 5, "took %.1f s" % (time.time() - t0))
+        check(not bed.leftovers(timeout=3), "leftovers")
     finally:
         bed.close()
         shutil.rmtree(d, ignore_errors=True)

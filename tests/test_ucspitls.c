@@ -182,7 +182,7 @@ static enum ucspitls_result exchange(const char *const *pieces, const size_t *le
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
   pid = peer(sv[1], pieces, lens, keepopen);
   ucspitls_block_init(&b);
-  r = ucspitls_start(sv[0], onebyte, io_deadline(ms), &b);
+  r = ucspitls_start(sv[0], onebyte, io_deadline(ms), -1, &b);
   if (onebyte) {
     char c;
     CHECK(read(sv[0], &c, 1) == 1 && c == '!');
@@ -225,8 +225,26 @@ static void start_peer_gone(void)
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
   close(sv[1]);
   ucspitls_block_init(&b);
-  CHECK(ucspitls_start(sv[0], 0, io_deadline(1000), &b) == UCSPITLS_GONE);
+  CHECK(ucspitls_start(sv[0], 0, io_deadline(1000), -1, &b) == UCSPITLS_GONE);
   close(sv[0]);
+}
+
+/* the caller's stop fd (a SIGTERM's self-pipe) ends the wait for the block */
+static void start_stopped(void)
+{
+  int sv[2], stop[2];
+  long long t0;
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  CHECK(pipe(stop) == 0);
+  CHECK(write(stop[1], "", 1) == 1);
+  ucspitls_block_init(&b);
+  t0 = io_now();
+  CHECK(ucspitls_start(sv[0], 0, io_deadline(5000), stop[0], &b) == UCSPITLS_STOPPED);
+  CHECK(io_now() - t0 < 1000);
+  close(sv[0]);
+  close(sv[1]);
+  close(stop[0]);
+  close(stop[1]);
 }
 
 static void start_timeout(void)
@@ -367,6 +385,7 @@ int main(void)
   RUN(start_s6_style);
   RUN(start_failed);
   RUN(start_peer_gone);
+  RUN(start_stopped);
   RUN(start_timeout);
   RUN(start_shared_fd);
   RUN(start_toobig);
