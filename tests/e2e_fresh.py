@@ -58,6 +58,17 @@ def starttls_mail(port, msg, helo="client.test", rcpt="b@y.test"):
         s.close()
 
 
+def through_tls(bed):
+    """A raw client past the greeting, EHLO and STARTTLS, speaking TLS."""
+    c = Client(bed.port)
+    c.reply()
+    c.send(b"EHLO c\r\nSTARTTLS\r\n")
+    c.reply()
+    check(c.reply().startswith(b"220 "), "no 220")
+    c.starttls()
+    return c
+
+
 @test(relays=True)
 def fresh_smtpd_after_tls(flavour, ropts):
     """-e: the first smtpd hears EHLO and QUIT, no RSET; the second starts
@@ -162,12 +173,7 @@ def fresh_first_smtpd_idle_is_harmless(flavour, _):
     out: its 421 never reaches the client, the TLS session outlives it."""
     bed = Bed(flavour, ("-e",), ("--first-lingers", "500", "--exit-code", "4"))
     try:
-        c = Client(bed.port)
-        c.reply()
-        c.send(b"EHLO c\r\nSTARTTLS\r\n")
-        c.reply()
-        check(c.reply().startswith(b"220 "), "no 220")
-        c.starttls()
+        c = through_tls(bed)
         c.send(b"EHLO c\r\n")
         c.reply()
         time.sleep(1.2)
@@ -187,12 +193,7 @@ def fresh_greeting_refused(flavour, _):
     gets one 421, and the session ends."""
     bed = Bed(flavour, ("-e",), ("--second-greeting", "554 5.3.2 mx.test not now", "--exit-code", "2"))
     try:
-        c = Client(bed.port)
-        c.reply()
-        c.send(b"EHLO c\r\nSTARTTLS\r\n")
-        c.reply()
-        check(c.reply().startswith(b"220 "), "no 220")
-        c.starttls()
+        c = through_tls(bed)
         c.send(b"EHLO c\r\n")
         check(c.reply() == b"421 4.3.0 Mail server unavailable, closing connection\r\n", "not one 421")
         check(c.rest() == b"", "more after 421")
@@ -389,12 +390,7 @@ def launched(flavour, d, signals, opts, smtpd, **kw):
 
 
 def tls_ehlo(bed):
-    c = Client(bed.port)
-    c.reply()
-    c.send(b"EHLO x\r\nSTARTTLS\r\n")
-    c.reply()
-    check(c.reply().startswith(b"220 "), "no 220")
-    c.starttls()
+    c = through_tls(bed)
     c.send(b"EHLO x\r\n")
     check(c.reply().startswith(b"250-ok"), "EHLO over TLS")
     return c
