@@ -410,10 +410,10 @@ def fresh_sigterm_leaves_the_smtpd_its_last_words(flavour, _):
         pid = int([e[2] for e in bed.events() if e[1] == "app-pid"][0])
         os.kill(pid, signal.SIGTERM)
         code = bed.wait_exit()
+        c.close()
         check(code == "code=5", "exit %s, not the smtpd's 5" % code)
         check(not bed.leftovers(), "leftovers")
         check(re.search(r"end: TLSv1\.3 \S+, SIGTERM, .*, smtpd exit 5\n", bed.logtext()), bed.logtext())
-        c.close()
     finally:
         bed.close()
         shutil.rmtree(d, ignore_errors=True)
