@@ -27,6 +27,11 @@ int io_left(long long deadline)
   return left > INT_MAX ? INT_MAX : (int)left;
 }
 
+long long io_sooner(long long a, long long b)
+{
+  return !a ? b : !b || a < b ? a : b;
+}
+
 int io_wait(int fd, short events, long long deadline)
 {
   struct pollfd p;

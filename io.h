@@ -14,6 +14,9 @@ int io_left(long long deadline);
 /* The deadline timeout ms from now, or 0 (none) if timeout is 0. */
 long long io_deadline(unsigned long timeout);
 
+/* The earlier of two deadlines, 0 being none. */
+long long io_sooner(long long a, long long b);
+
 /* Waits until fd is ready for events (POLLIN or POLLOUT). Returns 1 when
  * ready (or hung up), 0 when the deadline passed, -1 with errno on error. */
 int io_wait(int fd, short events, long long deadline);

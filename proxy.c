@@ -668,13 +668,6 @@ static void relay(void)
   leave(res == RELAY_OK ? 0 : 99);
 }
 
-
-/* The earlier of two deadlines, 0 being none. */
-static long long sooner(long long a, long long b)
-{
-  return !a ? b : !b || a < b ? a : b;
-}
-
 /* The smtpd's output has ended: the drain bound starts, once. */
 static void smtpd_end(void)
 {
@@ -727,7 +720,7 @@ static void session(void)
     p[2].fd = sroom || !smtpd_ended ? sr : -1; p[2].events = sroom ? POLLIN : 0;
     p[3].fd = soutn ? sw : -1; p[3].events = POLLOUT;
     p[4].fd = term[0]; p[4].events = POLLIN;
-    r = poll(p, 5, io_left(sooner(deadline, smtpd_ended ? drainend : 0)));
+    r = poll(p, 5, io_left(io_sooner(deadline, smtpd_ended ? drainend : 0)));
     if (r < 0) {
       if (errno == EINTR) continue;
       fatal(111, "poll: %s", strerror(errno));

@@ -199,12 +199,6 @@ static int waiting(const struct flow *f)
   return !f->dead && (f->len > f->off || f->full);
 }
 
-/* The earlier of two deadlines, 0 being none. */
-static long long sooner(long long a, long long b)
-{
-  return !a ? b : !b || a < b ? a : b;
-}
-
 enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
                             unsigned long idle, unsigned long drain, int stopfd)
 {
@@ -249,7 +243,7 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
     if (drainend && !io_left(drainend)) { res = RELAY_DRAIN; break; }
     if (stallend && !io_left(stallend)) { res = RELAY_STALLED; break; }
     if (idleend && !io_left(idleend)) { res = RELAY_IDLE; break; }
-    deadline = sooner(sooner(idleend, stallend), drainend);
+    deadline = io_sooner(io_sooner(idleend, stallend), drainend);
     p[0].fd = cfdr; p[0].events = !up->eof && !up->full && (up->dead || up->len < RELAY_BUFSIZE) ? POLLIN : 0;
     p[1].fd = sfdw; p[1].events = (up->len > up->off || up->full) && !up->dead ? POLLOUT : 0;
     p[2].fd = sfdr; p[2].events = !down->eof && !down->full && (down->dead || down->len < RELAY_BUFSIZE) ? POLLIN : 0;
