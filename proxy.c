@@ -37,7 +37,7 @@ static struct smtp engine;
 static int smtpd_r = -1, smtpd_w = -1; /* our ends of the smtpd's pipes */
 static int execfail_r = -1; /* a byte here: the exec failed, and the parent said so */
 static int smtpd_ended;      /* the smtpd's output was seen to end (EOF or hang-up) */
-static int smtpd_eof;        /* and its EOF was read: nothing more can come */
+static int smtpd_eof;        /* its output was read to EOF, or given up on at the drain bound */
 static long long drainend;   /* from then on everything ends by this (0: no bound) */
 static int drained;          /* and the session ended on it */
 static char **smtpd_argv;
@@ -68,7 +68,7 @@ static int endlogged;
 static void finale(void);
 static void endline(int code, const char *smtpd);
 
-static size_t drop(int fd, long long deadline, int stoppable);
+static void smtpd_done(long long deadline);
 static unsigned long drainbound(void);
 
 /* Exits with every descriptor we opened closed, so a leak checker sees
@@ -76,8 +76,7 @@ static unsigned long drainbound(void);
 static void leave(int code)
 {
   /* with -e the smtpd is waited for: it must not die of a closed pipe */
-  if (fresh && smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
-  if (fresh && smtpd_r >= 0 && !smtpd_eof) drop(smtpd_r, io_deadline(drainbound()), 0);
+  if (fresh) smtpd_done(io_deadline(drainbound()));
   if (smtpd_r >= 0) close(smtpd_r);
   if (smtpd_w >= 0) close(smtpd_w);
   if (execfail_r >= 0) close(execfail_r);
@@ -224,8 +223,6 @@ static int secret(const char *s)
   return !strncmp(s, "KEYFILE:", 8) || !strncmp(s, "CERTFILE:", 9);
 }
 
-static int secretp(const char *s) { return secret(s); }
-
 /* The smtpd's environment, a new array: ours without what it must not
  * learn, and after TLS with -e, the block's entries applied. */
 static char **smtpd_environ(const struct ucspitls_block *b)
@@ -238,7 +235,7 @@ static char **smtpd_environ(const struct ucspitls_block *b)
     envbuf[n++] = *r;
   }
   envbuf[n] = 0;
-  if (b && ucspitls_env(b, envbuf, n, ENVMAX, secretp) < 0)
+  if (b && ucspitls_env(b, envbuf, n, ENVMAX, secret) < 0)
     warn("no room for the UCSPI-TLS variables beside %lu others: the smtpd gets none", (unsigned long)n);
   return envbuf;
 }
@@ -362,9 +359,9 @@ static void smtpd_exec(char **env, int in, int out, int failfd)
   endlogged = 1;
   fresh = 0;
   if (dup2(in, 0) < 0 || dup2(out, 1) < 0) fatal(111, "unable to set up the smtpd's stdin and stdout: %s", strerror(errno));
-  if (ctlfd >= 0) closeabove2(ctlfd);
-  if (readfd >= 0) closeabove2(readfd);
-  if (writefd >= 0) closeabove2(writefd);
+  closeabove2(ctlfd);
+  closeabove2(readfd);
+  closeabove2(writefd);
   sigaction(SIGPIPE, &pipeact, 0);
   sigaction(SIGCHLD, &chldact, 0);
   sigaction(SIGTERM, &termact, 0);
@@ -423,17 +420,23 @@ static size_t drop(int fd, long long deadline, int stoppable)
   return dropped;
 }
 
-/* After the engine's last word, as the relay does: the smtpd gets EOF and
- * its output is read to its end, then the client gets EOF and its side is
- * read to its end, all by deadline. Under sslserver this process's exit
+/* The smtpd gets EOF and its output is read to its end by deadline, once:
+ * even after a SIGTERM, so that it does not die of a closed pipe. */
+static void smtpd_done(long long deadline)
+{
+  if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
+  if (smtpd_r >= 0 && !smtpd_eof) drop(smtpd_r, deadline, 0);
+  smtpd_eof = 1;
+}
+
+/* After the engine's last word, as the relay does: the smtpd is done
+ * with, then the client gets EOF and its side is read to its end (no more
+ * after a SIGTERM), all by deadline. Under sslserver this process's exit
  * closes the control socket and the super-server kills the smtpd then; a
  * client that closes after our EOF leaves the smtpd time to be gone. */
 static void linger(long long deadline)
 {
-  if (smtpd_w >= 0) { close(smtpd_w); smtpd_w = -1; }
-  /* the smtpd's last words are read even after a SIGTERM: it must not
-   * die of a closed pipe; the client's side is of no more use then */
-  if (!smtpd_eof) drop(smtpd_r, deadline, 0);
+  smtpd_done(deadline);
   relay_eof(1, 0);
   drop(0, deadline, 1);
 }
@@ -509,10 +512,8 @@ static void catch(int sig, int p[2])
   sigaction(sig, &sa, 0);
 }
 
-/* -e, after TLS: the first smtpd is told to go, a new one starts with the
- * block's variables, and a SIGTERM (sslserver's at the end of TLS) ends
- * the session instead of this process, whose exit status must be the
- * smtpd's. Until then SIGTERM kills as it would kill the smtpd without -e. */
+/* -e, after TLS: the first smtpd is told to go, and a new one starts with
+ * the block's variables. */
 static void renew(const struct ucspitls_block *b)
 {
   if (b->over)
@@ -534,6 +535,7 @@ static void renew(const struct ucspitls_block *b)
 static void handshake(void)
 {
   struct ucspitls_block b;
+  const char *proto, *cipher;
   size_t dropped;
   int r, w;
   enum ucspitls_result res;
@@ -563,10 +565,10 @@ static void handshake(void)
     info("timed out waiting for the TLS handshake");
     leave(99);
   }
-  snprintf(tlsdesc, sizeof tlsdesc, "%s %s", b.protocol[0] ? b.protocol : "unknown",
-           b.cipher[0] ? b.cipher : "unknown");
-  info("TLS started: protocol %s, cipher %s", b.protocol[0] ? b.protocol : "unknown",
-       b.cipher[0] ? b.cipher : "unknown");
+  proto = b.protocol[0] ? b.protocol : "unknown";
+  cipher = b.cipher[0] ? b.cipher : "unknown";
+  snprintf(tlsdesc, sizeof tlsdesc, "%s %s", proto, cipher);
+  info("TLS started: protocol %s, cipher %s", proto, cipher);
   if (ctlfd != readfd && ctlfd != writefd) close(ctlfd);
   ctlfd = -1;
   /* the TLS pipes become fds 0/1; the raw socket is the TLS engine's now */
@@ -687,7 +689,7 @@ static void terminated(void)
   info("SIGTERM: ending the session");
   io_writeall(1, out, n, &done, io_now());
   bytesout += done;
-  linger(io_now());
+  linger(io_deadline(drainbound()));
   leave(0);
 }
 
