@@ -106,6 +106,10 @@ def environment_both_ways(flavour, _):
 
 
 def end_line(bed):
+    """The session's one end line, once written (after the app's exit)."""
+    deadline = time.time() + 5
+    while ": info: end: " not in bed.logtext() and time.time() < deadline:
+        time.sleep(0.05)
     lines = [l for l in bed.logtext().splitlines() if ": info: end: " in l]
     check(len(lines) == 1, "end lines: %s" % bed.stderr_text())
     return lines[0].split(": info: end: ", 1)[1]
@@ -140,9 +144,6 @@ def exit_status_every_way_a_client_goes(flavour, ropts):
             c.close()
             bed.wait_exit()
             check(not bed.leftovers(), "%s: leftovers" % name)
-            deadline = time.time() + 5
-            while ": info: end: " not in bed.logtext() and time.time() < deadline:
-                time.sleep(0.05)
             line = end_line(bed)
             check(re.match(r"plaintext, %s, \d+\.\d{3} s, %d bytes in, \d+ out, exit %d$"
                            % (why, len(send), code), line), "%s: %s" % (name, line))
@@ -160,9 +161,6 @@ def exit_status_every_way_a_client_goes(flavour, ropts):
         c.reply()
         c.close()
         bed.wait_exit()
-        deadline = time.time() + 5
-        while ": info: end: " not in bed.logtext() and time.time() < deadline:
-            time.sleep(0.05)
         line = end_line(bed)
         if ropts:
             check(re.match(r"TLSv1\.3 \S+, s6-ioconnect relays the rest, .*, exit s6-ioconnect's$", line), line)
