@@ -467,6 +467,19 @@ static void finish(void)
     warn("message refused for %s in its content (SMTP smuggling?): the smtpd's input ended without the final dot",
          smtp_badcontent(&engine));
     break;
+  case SMTP_WHY_STRAY:
+    endwhy = "the smtpd answered no command";
+    warn("the smtpd sent a reply that answers no command (SMTP smuggling?): \"%s\": closing",
+         smtp_stray(&engine));
+    break;
+  case SMTP_WHY_BDAT:
+    endwhy = "malformed BDAT";
+    info("client sent a BDAT whose chunk cannot be framed: closing");
+    break;
+  case SMTP_WHY_HTTP:
+    endwhy = "HTTP request";
+    info("client sent an HTTP request: closing");
+    break;
   case SMTP_WHY_TIMEOUT:
     endwhy = drained ? "drain bound" : "idle timeout";
     if (drained) warn("the client's side still open %lu ms after the smtpd's output ended: closing", drainbound());
@@ -770,7 +783,9 @@ static void session(void)
       if (n > 0) { smtp_server_input(&engine, (size_t)n); moved = 1; }
       else if (!n || !again()) { smtpd_end(); smtpd_eof = !n; smtp_server_eof(&engine); }
     }
-    if (moved) deadline = io_deadline(timeout);
+    /* RFC 5321 4.5.3.2.6: the reply to the end of content may take 10 minutes */
+    if (moved) deadline = io_deadline(smtp_final_reply_owed(&engine) && timeout && timeout < SMTP_FINALWAIT
+                                      ? SMTP_FINALWAIT : timeout);
   }
 }
 

@@ -6,15 +6,16 @@
 #include <string.h>
 #include "smtp.h"
 
-/* What a queue entry owes the client. Values from Q_LOCAL on are local
- * replies, indexed into replies[]. */
-enum { Q_FWD, Q_EHLO, Q_STARTTLS, Q_DATA, Q_GREET, Q_AUTH, Q_LOCAL };
+/* What a queue entry owes the client. Q_END: the reply to the end of
+ * message content (DATA's final dot, BDAT LAST). Values from Q_LOCAL on
+ * are local replies, indexed into replies[]. */
+enum { Q_FWD, Q_EHLO, Q_STARTTLS, Q_DATA, Q_GREET, Q_AUTH, Q_END, Q_LOCAL };
 
 enum reply {
   R_TLSFIRST, R_BADSEQ, R_UNKNOWN, R_STARTTLSARGS, R_PIPELINED, R_AFTERSTARTTLS,
   R_DECLINED, R_BDATARGS, R_TLSREADY, R_TLSUNAVAIL, R_TOOLONG, R_BADLINE, R_EMPTY,
   R_EHLOFIRST, R_ERRORS, R_GONE, R_BROKEN, R_TIMEOUT, R_TLSACTIVE, R_BARELF, R_BARECR,
-  R_NUL, R_REFUSED
+  R_NUL, R_REFUSED, R_BDATCLOSE, R_CHUNKBIG, R_HTTP, R_TRUSTED, R_REQUIRETLS
 };
 
 static const char *const replies[] = {
@@ -40,7 +41,12 @@ static const char *const replies[] = {
   "550 5.5.2 Message refused: LF without CR in its content (RFC 5321 2.3.8)\r\n",
   "550 5.5.2 Message refused: CR without LF in its content (RFC 5321 2.3.8)\r\n",
   "550 5.5.2 Message refused: NUL at the start of a line of its content\r\n",
-  "421 4.5.2 Closing connection after a refused message\r\n"
+  "421 4.5.2 Closing connection after a refused message\r\n",
+  "421 4.5.4 Cannot tell where that BDAT chunk ends, closing connection\r\n",
+  "552 5.3.4 BDAT chunk over 2147483647 octets: refused\r\n",
+  "421 4.7.0 HTTP request refused, closing connection\r\n",
+  "550 5.7.0 XCLIENT and XFORWARD are only for a trusted proxy\r\n",
+  "530 5.7.10 REQUIRETLS needs TLS: issue STARTTLS first\r\n"
 };
 
 static unsigned qkind(const struct smtp *e, unsigned i)
@@ -141,10 +147,11 @@ struct cmd {
   const char *arg;    /* after the verb's SP; may be empty */
   size_t arglen;
   int last;           /* no byte follows this line in what the client sent */
+  int lastchunk;      /* a BDAT LAST */
 };
 
 static int gated(const struct smtp *e) { return e->phase == SMTP_P_GATE; }
-static int clear(const struct smtp *e) { return e->phase == SMTP_P_CLEAR; }
+static int incommands(const struct smtp *e) { return e->phase == SMTP_P_COMMANDS; }
 static int requiretls(const struct smtp *e) { return (e->flags & SMTP_REQUIRETLS) != 0; }
 static int plainauth(const struct smtp *e)
 {
@@ -161,7 +168,7 @@ static void local(struct smtp *e, enum reply r) { qpush(e, Q_LOCAL + r); }
  * the relay takes over. Under -L the engine stays, to guard content: the
  * session goes on as a declined one does, with AUTH allowed over TLS or
  * with -a. */
-static void decide(struct smtp *e) { e->phase = guard(e) ? SMTP_P_CLEAR : SMTP_P_DRAIN; }
+static void decide(struct smtp *e) { e->phase = guard(e) ? SMTP_P_COMMANDS : SMTP_P_HANDOVER; }
 
 /* HELO, MAIL or AUTH before STARTTLS: no TLS in this session. The engine
  * stays to keep AUTH away and content apart, unless -a let AUTH through. */
@@ -169,7 +176,7 @@ static void decline(struct smtp *e)
 {
   e->declined = 1;
   if (plainauth(e)) decide(e);
-  else e->phase = SMTP_P_CLEAR;
+  else e->phase = SMTP_P_COMMANDS;
 }
 
 static void c_ehlo(struct smtp *e, const struct cmd *c)
@@ -181,16 +188,33 @@ static void c_ehlo(struct smtp *e, const struct cmd *c)
 static void c_helo(struct smtp *e, const struct cmd *c)
 {
   forward(e, c->line, c->len, Q_FWD);
-  e->nkeys = 0;
+  e->keyslen = 0;
+  e->keysfull = 0;
   e->chunking = 0; /* no extensions in a HELO session */
   if (gated(e)) decide(e);
   else if (e->phase == SMTP_P_PLAIN && !requiretls(e)) decline(e);
+}
+
+/* RFC 8689 REQUIRETLS among MAIL's parameters: any word of the line after
+ * the verb that is the keyword, bare or with a value (a quoted local part
+ * that holds it is refused too, which costs nothing). */
+static int asks_requiretls(const struct cmd *c)
+{
+  size_t i, k;
+  for (i = 0; i < c->arglen; i = k + 1) {
+    for (k = i; k < c->arglen && c->arg[k] != ' '; k++) ;
+    if (k - i >= 10 && wordis(c->arg + i, 10, "requiretls") && (k - i == 10 || c->arg[i + 10] == '='))
+      return 1;
+  }
+  return 0;
 }
 
 static void c_mail(struct smtp *e, const struct cmd *c)
 {
   if (gated(e)) local(e, R_EHLOFIRST);
   else if (forbidden(e)) local(e, R_TLSFIRST);
+  /* a stdio smtpd cannot know the hop is in clear, and would take it on */
+  else if (!e->tls && asks_requiretls(c)) local(e, R_REQUIRETLS);
   else {
     forward(e, c->line, c->len, Q_FWD);
     if (e->phase == SMTP_P_PLAIN) decline(e);
@@ -215,7 +239,7 @@ static void c_starttls(struct smtp *e, const struct cmd *c)
 {
   size_t i;
   if (gated(e)) { local(e, R_EHLOFIRST); return; }
-  if (clear(e)) { local(e, e->tls ? R_TLSACTIVE : R_DECLINED); return; }
+  if (incommands(e)) { local(e, e->tls ? R_TLSACTIVE : R_DECLINED); return; }
   for (i = 0; i < c->arglen; i++)
     if (c->arg[i] != ' ') { local(e, R_STARTTLSARGS); return; }
   if (!c->last) {
@@ -242,11 +266,20 @@ static void c_quit(struct smtp *e, const struct cmd *c)
   e->quit = 1;
 }
 
+/* VRFY, EXPN: like NOOP, RSET and HELP, they need no EHLO (RFC 5321
+ * 4.1.4), so the gate after TLS lets them through too */
 static void c_query(struct smtp *e, const struct cmd *c)
 {
-  if (gated(e)) local(e, R_EHLOFIRST);
-  else if (forbidden(e)) local(e, R_TLSFIRST);
+  if (forbidden(e)) local(e, R_TLSFIRST);
   else forward(e, c->line, c->len, Q_FWD);
+}
+
+/* XCLIENT, XFORWARD: they let a trusted proxy tell the smtpd who the
+ * client is; through us the client would name itself */
+static void c_trusted(struct smtp *e, const struct cmd *c)
+{
+  (void)c;
+  local(e, R_TRUSTED);
 }
 
 /* RCPT, DATA, BDAT: only once MAIL has declined TLS */
@@ -254,7 +287,7 @@ static int transaction(struct smtp *e)
 {
   if (gated(e)) local(e, R_EHLOFIRST);
   else if (forbidden(e)) local(e, R_TLSFIRST);
-  else if (!clear(e)) local(e, R_BADSEQ);
+  else if (!incommands(e)) local(e, R_BADSEQ);
   else return 1;
   return 0;
 }
@@ -275,7 +308,7 @@ static void c_data(struct smtp *e, const struct cmd *c)
 static void c_bdat(struct smtp *e, const struct cmd *c)
 {
   if (!transaction(e)) return;
-  if (e->chunking) forward(e, c->line, c->len, Q_FWD);
+  if (e->chunking) forward(e, c->line, c->len, c->lastchunk ? Q_END : Q_FWD);
   else local(e, R_UNKNOWN); /* an smtpd that never offered it would run the chunk */
 }
 
@@ -295,7 +328,8 @@ static const struct {
   { "auth", c_auth }, { "starttls", c_starttls }, { "rset", c_pass },
   { "noop", c_pass }, { "help", c_pass }, { "quit", c_quit },
   { "vrfy", c_query }, { "expn", c_query }, { "rcpt", c_rcpt },
-  { "data", c_data }, { "bdat", c_bdat }
+  { "data", c_data }, { "bdat", c_bdat }, { "xclient", c_trusted },
+  { "xforward", c_trusted }
 };
 
 static int known(const char *s, size_t n)
@@ -306,33 +340,73 @@ static int known(const char *s, size_t n)
   return -1;
 }
 
+/* RFC 5321 4.1.1.1: an EHLO keyword is letters, digits and '-' */
+static int keychar(int c)
+{
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+}
+
 static int offered(const struct smtp *e, const char *s, size_t n)
 {
-  unsigned i;
-  for (i = 0; i < e->nkeys; i++)
-    if (wordis(s, n, e->keys[i])) return 1;
+  size_t i;
+  if (e->keysfull) {
+    for (i = 0; i < n; i++)
+      if (!keychar((unsigned char)s[i])) return 0;
+    return n > 0;
+  }
+  for (i = 0; i < e->keyslen; i += strlen(e->keys + i) + 1)
+    if (wordis(s, n, e->keys + i)) return 1;
   return 0;
 }
 
-/* BDAT's chunk-size [SP LAST]; 0 if that is not what arg holds. */
-static int chunksize(const char *arg, size_t n, unsigned long long *size)
+/* A line that an smtpd could take for a BDAT: the verb, then no keyword
+ * character (a TAB, say, where SP belongs). */
+static int bdatlike(const char *line, size_t n)
 {
-  size_t i = 0;
+  return n >= 4 && wordis(line, 4, "bdat") && (n == 4 || !keychar((unsigned char)line[4]));
+}
+
+/* RFC 3030: "BDAT" SP chunk-size [SP end-marker], chunk-size 1*DIGIT,
+ * end-marker "LAST"; s holds what follows the verb. 0 if it is not that.
+ * A size past what 64 bits hold is kept as the largest they do. */
+static int chunksize(const char *s, size_t n, unsigned long long *size, int *last)
+{
+  size_t i = 1;
   unsigned long long v = 0;
-  while (i < n && arg[i] >= '0' && arg[i] <= '9') {
-    if (v > (~0ULL - 9) / 10) return 0;
-    v = v * 10 + (unsigned)(arg[i++] - '0');
-  }
-  if (!i) return 0;
-  while (i < n && arg[i] == ' ') i++;
-  if (i < n && !wordis(arg + i, n - i, "last")) return 0;
+  if (n < 2 || s[0] != ' ') return 0;
+  for (; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+    v = v > (~0ULL - 9) / 10 ? ~0ULL : v * 10 + (unsigned)(s[i] - '0');
+  if (i == 1) return 0;
+  *last = i < n;
+  if (*last && !(n - i == 5 && s[i] == ' ' && wordis(s + i + 1, 4, "last"))) return 0;
   *size = v;
   return 1;
+}
+
+/* RFC 7231 4 (and CONNECT, PATCH): a browser made to talk to port 25
+ * (the cross-protocol form attack) sends one of these first */
+static int http(const char *s, size_t n)
+{
+  static const char *const methods[] = {
+    "get", "post", "put", "head", "connect", "options", "delete", "patch", "trace"
+  };
+  size_t i, k;
+  for (i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+    k = strlen(methods[i]);
+    if (n > k && s[k] == ' ' && wordis(s, k, methods[i])) return 1;
+  }
+  return 0;
 }
 
 static int lastlocal(const struct smtp *e)
 {
   return qkind(e, e->qlen - 1) >= Q_LOCAL;
+}
+
+static void badline(struct smtp *e, enum reply r)
+{
+  local(e, r);
+  if (++e->errors >= SMTP_MAXERRORS) local(e, R_ERRORS);
 }
 
 static void command(struct smtp *e, const char *line, size_t len, int last, int poisoned)
@@ -344,28 +418,34 @@ static void command(struct smtp *e, const char *line, size_t len, int last, int 
   c.line = line;
   c.len = len;
   c.last = last;
+  c.lastchunk = 0;
   for (v = 0; v < n && line[v] != ' '; v++) ;
   c.arg = line + (v < n ? v + 1 : v);
   c.arglen = v < n ? n - v - 1 : 0;
   k = known(line, v);
   if (!n) local(e, poisoned ? R_AFTERSTARTTLS : R_EMPTY);
-  else if (k >= 0 && commands[k].run == c_bdat && !chunksize(c.arg, c.arglen, &chunk))
-    local(e, R_BDATARGS); /* no size, no framing: what follows stays commands */
+  else if (bdatlike(line, n)) {
+    if (!chunksize(line + 4, n - 4, &chunk, &c.lastchunk)) {
+      /* where its chunk ends, if it has one, is anybody's guess: an smtpd
+       * may frame one where we would read commands, or the reverse. The
+       * client is read no more; pump() closes once this reply is out. */
+      local(e, R_BDATARGS);
+      e->unframed = 1;
+      return;
+    }
+    if (poisoned) local(e, R_AFTERSTARTTLS);
+    else if (chunk > SMTP_CHUNKMAX) local(e, R_CHUNKBIG);
+    else c_bdat(e, &c);
+  }
   else if (poisoned) local(e, R_AFTERSTARTTLS);
   else if (k >= 0) commands[k].run(e, &c);
   else if (offered(e, line, v)) c_extension(e, &c);
-  else local(e, R_UNKNOWN);
+  else badline(e, R_UNKNOWN);
   if (chunk) {
     /* RFC 3030 2: the chunk follows, whether or not the BDAT is refused */
     e->content = lastlocal(e) ? SMTP_C_SKIP : SMTP_C_BDAT;
     e->chunk = chunk;
   }
-}
-
-static void badline(struct smtp *e, enum reply r)
-{
-  local(e, r);
-  if (++e->errors >= SMTP_MAXERRORS) local(e, R_ERRORS);
 }
 
 static int wellformed(const char *line, size_t len)
@@ -379,8 +459,8 @@ static int wellformed(const char *line, size_t len)
 
 static int parsing(const struct smtp *e)
 {
-  return (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE || e->phase == SMTP_P_CLEAR)
-    && e->errors < SMTP_MAXERRORS && !e->refused;
+  return (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE || e->phase == SMTP_P_COMMANDS)
+    && e->errors < SMTP_MAXERRORS && !e->refused && !e->unframed;
 }
 
 /* --- message content --- */
@@ -392,7 +472,7 @@ enum { D_MID, D_CR, D_BOL, D_DOT, D_DOTCR };
 static void content_ends(struct smtp *e)
 {
   e->content = SMTP_C_NONE;
-  qpush(e, Q_FWD); /* the reply to the final dot */
+  qpush(e, Q_END); /* the reply to the final dot */
 }
 
 /* -L: the message is refused at s[at], the first byte that makes its
@@ -422,7 +502,9 @@ static size_t refuse(struct smtp *e, enum reply r, int st, const char *s, size_t
 /* scan_data() under -L: CR and LF only ever as CRLF, no NUL at a line's
  * start or after its first dot (an smtpd that drops NULs would see a dot
  * line there), and only CRLF.CRLF ends the content. Lines are found with
- * memchr for their LF and a second one for a CR before it. */
+ * memchr for their LF and a second one for a CR before it. A CR that ends
+ * s is not counted: the caller keeps it for the next scan, which sees what
+ * follows it. */
 static size_t scan_guarded(struct smtp *e, const char *s, size_t n)
 {
   size_t i = 0;
@@ -435,7 +517,7 @@ static size_t scan_guarded(struct smtp *e, const char *s, size_t n)
       const char *cr = memchr(s + i, '\r', end - i);
       size_t at = cr ? (size_t)(cr - s) + 1 : 0;
       if (cr && at < end) return refuse(e, R_BARECR, D_CR, s, n, at);
-      if (!lf) { st = cr ? D_CR : D_MID; i = n; break; }
+      if (!lf) { i = cr ? n - 1 : n; break; } /* a last CR waits: see below */
       if (!cr) return refuse(e, R_BARELF, D_MID, s, n, end);
       i = end + 1;
       st = D_BOL;
@@ -452,6 +534,10 @@ static size_t scan_guarded(struct smtp *e, const char *s, size_t n)
     /* D_BOL or D_DOT */
     if (c == '\n') return refuse(e, R_BARELF, st, s, n, i);
     if (c == '\0') return refuse(e, R_NUL, st, s, n, i);
+    /* A CR that ends what we have is held (left uncounted, its state not
+     * taken) until the next byte shows it is no bare CR: once written, the
+     * smtpd may have taken it for a line's end. */
+    if (c == '\r' && i + 1 == n) break;
     i++;
     st = c == '\r' ? (st == D_DOT ? D_DOTCR : D_CR) : c == '.' && st == D_BOL ? D_DOT : D_MID;
   }
@@ -527,6 +613,8 @@ static int parse_client(struct smtp *e)
     int poisoned = off < e->poison;
     if (e->content) {
       size_t k = content(e, s, left);
+      /* the client ended after a CR held in content: it never goes */
+      if (!k && e->cin_eof && left == 1 && *s == '\r' && e->content == SMTP_C_DATA) k = 1;
       if (!k) break;
       off += k;
       continue;
@@ -557,6 +645,11 @@ static int parse_client(struct smtp *e)
       e->datawait = 1;
       off += len;
       continue;
+    }
+    if (http(s, left)) {
+      /* ended at once, before its line ends: what follows is no SMTP */
+      closeup(e, SMTP_WHY_HTTP, 1, R_HTTP);
+      break;
     }
     if (!lf) {
       if (poisoned) e->poison = e->cinlen; /* the rest of this line is poisoned too */
@@ -597,14 +690,17 @@ static void keep_keyword(struct smtp *e, const char *s, size_t n)
 {
   size_t i;
   if (wordis(s, n, "chunking")) { e->chunking = 1; return; }
-  if (!n || n > SMTP_KEYLEN || e->nkeys == SMTP_KEYMAX || known(s, n) >= 0) return;
-  for (i = 0; i < n; i++) e->keys[e->nkeys][i] = (char)lower((unsigned char)s[i]);
-  e->keys[e->nkeys++][n] = 0;
+  if (!n || known(s, n) >= 0 || offered(e, s, n)) return;
+  if (SMTP_KEYSPACE - e->keyslen < n + 1) { e->keysfull = 1; return; }
+  for (i = 0; i < n; i++) e->keys[e->keyslen + i] = (char)lower((unsigned char)s[i]);
+  e->keys[e->keyslen + n] = 0;
+  e->keyslen += n + 1;
 }
 
 /* One line of a 2xx EHLO reply: the domain line stays first, AUTH goes
- * before TLS unless allowed, the smtpd's STARTTLS always goes (ours is
- * added last when TLS is on offer). The line kept last is held back until
+ * before TLS unless allowed, REQUIRETLS before TLS, XCLIENT and XFORWARD
+ * always (see c_trusted()), the smtpd's STARTTLS always (ours is added
+ * last when TLS is on offer). The line kept last is held back until
  * we know whether another follows it. */
 static void rewrite_line(struct smtp *e, const char *line, size_t len, int first)
 {
@@ -615,13 +711,16 @@ static void rewrite_line(struct smtp *e, const char *line, size_t len, int first
   text = line + 4;
   n = bare ? 0 : n - 4;
   if (first) {
-    e->nkeys = 0;
+    e->keyslen = 0;
+    e->keysfull = 0;
     e->chunking = 0;
   } else {
     size_t k;
     for (k = 0; k < n && text[k] != ' ' && text[k] != '='; k++) ;
-    if (wordis(text, k, "starttls")) return;
+    if (wordis(text, k, "starttls") || wordis(text, k, "xclient") || wordis(text, k, "xforward"))
+      return;
     if (wordis(text, k, "auth") && !e->tls && !plainauth(e)) return;
+    if (wordis(text, k, "requiretls") && !e->tls) return;
     keep_keyword(e, text, k);
   }
   finalize_held(e, 0);
@@ -686,6 +785,23 @@ static void end_reply(struct smtp *e)
 
 static int isdigit_(int c) { return c >= '0' && c <= '9'; }
 
+/* A reply that starts while none is owed, or that would answer a BDAT
+ * whose chunk is still being passed on (the one owed then is the BDAT's,
+ * last in the queue), or any during DATA content: the smtpd and we
+ * disagree on where content ends (smuggling, or a broken smtpd), so that
+ * it answers what the client sent as content. Passing such replies on
+ * would give a command two, and tell an attacker it worked. While the
+ * engine forwards commands raw, the queue does not hold them all: no
+ * reply is stray then. An unasked 421 is the smtpd closing (RFC 5321
+ * 3.8), and passes. */
+static int stray(const struct smtp *e, const char *line)
+{
+  if (e->phase != SMTP_P_PLAIN && e->phase != SMTP_P_GATE && e->phase != SMTP_P_COMMANDS)
+    return 0;
+  if (!memcmp(line, "421", 3)) return 0;
+  return !e->qlen || e->content == SMTP_C_DATA || (e->content == SMTP_C_BDAT && e->qlen == 1);
+}
+
 /* Returns 0 if the line is no SMTP reply line. */
 static int reply_line(struct smtp *e, const char *line, size_t len)
 {
@@ -700,6 +816,14 @@ static int reply_line(struct smtp *e, const char *line, size_t len)
   }
   last = line[3] != '-';
   first = !e->inreply;
+  if (first && stray(e, line)) {
+    size_t i, k = len - (line[len - 2] == '\r' ? 2 : 1);
+    if (k > sizeof e->stray - 1) k = sizeof e->stray - 1;
+    for (i = 0; i < k; i++) e->stray[i] = line[i] >= ' ' && line[i] <= '~' ? line[i] : '?';
+    e->stray[k] = 0;
+    closeup(e, SMTP_WHY_STRAY, 1, R_BROKEN);
+    return 1;
+  }
   if (first) {
     e->inreply = 1;
     e->rkind = e->qlen ? (int)qkind(e, 0) : -1;
@@ -718,7 +842,7 @@ static int reply_line(struct smtp *e, const char *line, size_t len)
 static int serving(const struct smtp *e)
 {
   return e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_TLSWAIT
-    || e->phase == SMTP_P_GATE || e->phase == SMTP_P_CLEAR || e->phase == SMTP_P_DRAIN;
+    || e->phase == SMTP_P_GATE || e->phase == SMTP_P_COMMANDS || e->phase == SMTP_P_HANDOVER;
 }
 
 static int parse_server(struct smtp *e)
@@ -729,7 +853,7 @@ static int parse_server(struct smtp *e)
     size_t left = e->sinlen - off;
     const char *lf = memchr(s, '\n', left);
     size_t len;
-    if (e->phase == SMTP_P_DRAIN && !e->qspecial) break;
+    if (e->phase == SMTP_P_HANDOVER && !e->qspecial) break;
     if (!e->inreply && e->qlen && qkind(e, 0) >= Q_LOCAL) break;
     if (!lf) {
       if (left == SMTP_SINSIZE) closeup(e, SMTP_WHY_SERVERLONG, 1, R_BROKEN);
@@ -776,6 +900,7 @@ static int pump(struct smtp *e)
     moved = 1;
     if (answer) e->phase = r == R_TLSREADY ? SMTP_P_HANDSHAKE : SMTP_P_PLAIN;
     if (r == R_ERRORS) closeup(e, SMTP_WHY_ERRORS, 1, -1);
+    if (r == R_BDATARGS) closeup(e, SMTP_WHY_BDAT, 1, R_BDATCLOSE);
     if (r == R_BARELF || r == R_BARECR || r == R_NUL) closeup(e, SMTP_WHY_CONTENT, 1, R_REFUSED);
   }
   if (e->phase == SMTP_P_GONE && !e->qlen) {
@@ -790,7 +915,7 @@ static int pump(struct smtp *e)
 static int move_raw(struct smtp *e)
 {
   size_t n = SMTP_SOUTSIZE - e->soutlen;
-  if (e->phase != SMTP_P_DRAIN || !e->cinlen || !n) return 0;
+  if (e->phase != SMTP_P_HANDOVER || !e->cinlen || !n) return 0;
   if (n > e->cinlen) n = e->cinlen;
   memcpy(e->sout + e->soutlen, e->cin, n);
   e->soutlen += n;
@@ -806,7 +931,7 @@ static int server_gone(struct smtp *e)
 {
   unsigned i;
   if (!e->sin_eof || !serving(e) || e->refused || memchr(e->sin, '\n', e->sinlen)) return 0;
-  if (e->phase == SMTP_P_DRAIN && !e->qspecial) return 0;
+  if (e->phase == SMTP_P_HANDOVER && !e->qspecial) return 0;
   e->coutlen = e->coutcommit; /* a reply cut short is no reply */
   e->hasheld = 0;
   e->inreply = 0;
@@ -832,7 +957,7 @@ static void advance(struct smtp *e)
     moved |= pump(e);
     moved |= move_raw(e);
     moved |= server_gone(e);
-    if (e->phase == SMTP_P_DRAIN && !e->qspecial) {
+    if (e->phase == SMTP_P_HANDOVER && !e->qspecial) {
       e->phase = SMTP_P_RELAY;
       moved = 0;
     }
@@ -845,7 +970,7 @@ size_t smtp_client_room(struct smtp *e, char **p)
   if (e->cin_eof) return 0;
   *p = e->cin + e->cinlen;
   switch (e->phase) {
-  case SMTP_P_PLAIN: case SMTP_P_GATE: case SMTP_P_CLEAR:
+  case SMTP_P_PLAIN: case SMTP_P_GATE: case SMTP_P_COMMANDS:
     if (!parsing(e)) return 0;
     if ((e->content == SMTP_C_DATA || e->content == SMTP_C_BDAT) && !e->cinlen) {
       /* content is read where it leaves from; what follows its end is
@@ -856,7 +981,7 @@ size_t smtp_client_room(struct smtp *e, char **p)
       return room < SMTP_CINSIZE ? room : SMTP_CINSIZE;
     }
     /* fall through */
-  case SMTP_P_DRAIN: case SMTP_P_TLSWAIT:
+  case SMTP_P_HANDOVER: case SMTP_P_TLSWAIT:
     return SMTP_CINSIZE - e->cinlen;
   default:
     return 0;
@@ -940,7 +1065,7 @@ int smtp_server_done(const struct smtp *e)
   if (e->phase == SMTP_P_CLOSE || e->phase == SMTP_P_GONE || e->refused) return 1;
   /* in the drain the relay passes the client's EOF on, after the leftovers */
   return e->cin_eof && !e->soutlen && !e->cinlen
-    && (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE || e->phase == SMTP_P_CLEAR);
+    && (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE || e->phase == SMTP_P_COMMANDS);
 }
 
 enum smtp_status smtp_status(const struct smtp *e)
@@ -956,6 +1081,16 @@ enum smtp_status smtp_status(const struct smtp *e)
 int smtp_exitcode(const struct smtp *e) { return e->exitcode; }
 enum smtp_why smtp_why(const struct smtp *e) { return e->why; }
 const char *smtp_badcontent(const struct smtp *e) { return e->badseq; }
+const char *smtp_stray(const struct smtp *e) { return e->stray; }
+
+int smtp_final_reply_owed(const struct smtp *e)
+{
+  unsigned i;
+  if (e->content != SMTP_C_NONE) return 0; /* the client is still sending */
+  for (i = 0; i < e->qlen; i++)
+    if (qkind(e, i) == Q_END) return 1;
+  return 0;
+}
 
 size_t smtp_tls_started(struct smtp *e)
 {
@@ -966,7 +1101,8 @@ size_t smtp_tls_started(struct smtp *e)
   e->skipping = e->errors = 0;
   e->poison = 0;
   e->content = SMTP_C_NONE;
-  e->nkeys = 0;
+  e->keyslen = 0;
+  e->keysfull = 0;
   e->chunking = 0;
   e->quit = 0;
   memset(e->lastcode, 0, sizeof e->lastcode);

@@ -18,9 +18,19 @@
 #define SMTP_RESERVE 64      /* room in cout kept for the one 421 that ends a session */
 #define SMTP_SOUTSIZE 16384
 #define SMTP_QMAX 64         /* replies owed to the client before we stop parsing it */
-#define SMTP_MAXERRORS 10    /* malformed command lines before 421 */
-#define SMTP_KEYMAX 16       /* verbs kept from the smtpd's last EHLO reply */
-#define SMTP_KEYLEN 24
+#define SMTP_MAXERRORS 10    /* malformed lines and unknown verbs before 421 */
+/* The keywords of the smtpd's last EHLO reply, kept to forward the verbs it
+ * offered: NUL-separated, lower case, in a store as long as a command line
+ * (a verb longer than that could never be sent). A reply whose keywords do
+ * not all fit makes every verb that looks like a keyword pass. */
+#define SMTP_KEYSPACE SMTP_CMDMAX
+/* The largest BDAT chunk forwarded: the largest a C int holds, so that no
+ * smtpd reads it otherwise (exim reads sizes modulo 2^32). Larger chunks
+ * are refused and consumed. */
+#define SMTP_CHUNKMAX 2147483647ULL
+/* RFC 5321 4.5.3.2.6: the client waits 10 minutes for the reply to the end
+ * of message content; the proxy waits at least as long (ms) */
+#define SMTP_FINALWAIT 600000
 
 /* flags for smtp_init() */
 #define SMTP_REQUIRETLS 1    /* -r: nothing but EHLO/HELO/STARTTLS/NOOP/RSET/HELP/QUIT before TLS */
@@ -51,7 +61,10 @@ enum smtp_why {
   SMTP_WHY_SERVERLONG,    /* smtpd sent a reply line over SMTP_REPLYMAX */
   SMTP_WHY_ERRORS,        /* client sent too many malformed lines */
   SMTP_WHY_TIMEOUT,       /* smtp_timeout() was called */
-  SMTP_WHY_CONTENT        /* -L: a message refused for its line endings (smtp_badcontent()) */
+  SMTP_WHY_CONTENT,       /* -L: a message refused for its line endings (smtp_badcontent()) */
+  SMTP_WHY_STRAY,         /* the smtpd sent a reply that answers no command (smtp_stray()) */
+  SMTP_WHY_BDAT,          /* the client sent a BDAT whose chunk cannot be framed */
+  SMTP_WHY_HTTP           /* the client sent an HTTP request line */
 };
 
 /* The phases of a session; internal, exposed only so that struct smtp can
@@ -62,15 +75,16 @@ enum smtp_phase {
                        then the 220, awaited */
   SMTP_P_HANDSHAKE, /* 220 sent: the caller does the handshake */
   SMTP_P_GATE,      /* TLS up, the client's new EHLO awaited */
-  SMTP_P_CLEAR,     /* TLS declined: the engine stays in the middle to the end */
-  SMTP_P_DRAIN,     /* decided (after TLS, or with -a): client bytes go raw,
-                       the replies still to edit or order go out */
+  SMTP_P_COMMANDS,  /* decided, and the engine reads commands to the end: TLS
+                       declined, or any session under -L */
+  SMTP_P_HANDOVER,  /* decided for the relay (after TLS, or with -a): client
+                       bytes go raw, the replies still to edit or order go out */
   SMTP_P_RELAY,     /* the caller relays raw bytes */
   SMTP_P_GONE,      /* the smtpd has gone: a 421 per reply owed, then close */
   SMTP_P_CLOSE
 };
 
-/* What the client's bytes are, in PLAIN, GATE and CLEAR: command lines, or
+/* What the client's bytes are, in PLAIN, GATE and COMMANDS: command lines, or
  * message content that is never parsed. */
 enum smtp_content {
   SMTP_C_NONE,  /* command lines */
@@ -88,6 +102,7 @@ struct smtp {
   int declined;          /* HELO, MAIL or AUTH came first: STARTTLS is off */
   int cin_eof, sin_eof;
   int skipping;          /* discarding an overlong client line up to its LF */
+  int unframed;          /* a BDAT we cannot frame: the client is read no more */
   size_t poison;         /* cin's first bytes that came after a STARTTLS: refused */
   int errors;
   int quit;              /* the client sent QUIT */
@@ -98,13 +113,15 @@ struct smtp {
   int authresp;          /* -L: the smtpd said 334: the next client line is an AUTH response */
   int refused;           /* -L: the message was refused: nothing more goes to the smtpd */
   char badseq[48];       /* and the bytes that did it, for the log: "<LF>.<LF>" */
+  char stray[64];        /* the start of a reply that answered no command, for the log */
   int dstate;            /* where the DATA scanner is in a line */
   unsigned long long chunk; /* BDAT octets still to come */
   int direct;            /* the last room offered was in sout: content lands there */
   /* the smtpd's last EHLO reply */
   int chunking;
-  unsigned nkeys;
-  char keys[SMTP_KEYMAX][SMTP_KEYLEN + 1]; /* lower case, NUL-terminated */
+  int keysfull;          /* a keyword did not fit: every keyword-like verb passes */
+  size_t keyslen;
+  char keys[SMTP_KEYSPACE]; /* lower case, each NUL-terminated */
   /* reply being framed */
   int inreply;           /* a reply's first line has been seen, not its last */
   int rkind;             /* queue kind the reply answers, or -1: unsolicited */
@@ -157,6 +174,13 @@ enum smtp_why smtp_why(const struct smtp *e);
  * ("<CR><LF>.<LF>"): the scanner's state before them, then those of them
  * that came in the same read and can make an end of data. */
 const char *smtp_badcontent(const struct smtp *e);
+/* With SMTP_WHY_STRAY: the first line of the reply that answered no
+ * command, without its CRLF, bytes outside printable ASCII as '?'. */
+const char *smtp_stray(const struct smtp *e);
+/* True while the client waits for the reply to the end of its message
+ * content (DATA's final dot, BDAT LAST): the caller's idle bound is then
+ * at least SMTP_FINALWAIT. */
+int smtp_final_reply_owed(const struct smtp *e);
 
 /* The handshake succeeded: the client now speaks through TLS and must EHLO
  * again. Whatever the smtpd sent before is dropped (RFC 3207 4.2): returns
