@@ -25,7 +25,16 @@
  * such bytes in what the client sent.
  *
  * Flag 16 turns -e on: at STARTTLS the smtpd hears no RSET, and after the
- * handshake a new model smtpd greets, which the client must never see. */
+ * handshake a new model smtpd greets, which the client must never see.
+ *
+ * BDAT is framed by RFC 3030's grammar, "BDAT" SP 1*DIGIT [SP "LAST"],
+ * by the oracle and the model alike; with flag 32 the model reads chunk
+ * sizes modulo 2^32, as exim does. Whenever the model has had all the
+ * engine sent it, the two must agree on whether a chunk is being passed
+ * and how much of it is left: an engine that frames a chunk the smtpd does
+ * not (or the reverse) is a finding, whatever the chunk holds. Under -L
+ * the smtpd's DATA content never ends with a CR: the next byte could make
+ * it a bare one. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,23 +75,26 @@ static int verb(const char *s, size_t n, const char *w)
   return n == k || s[k] == ' ' || s[k] == '\r';
 }
 
-/* "BDAT n[ LAST]\r\n", well formed: the chunk size, or -1 */
-static long long bdat(const char *s, size_t n)
+static int mod32;                 /* flag 32: the model reads sizes modulo 2^32 */
+
+/* "BDAT" SP 1*DIGIT [SP "LAST"] CRLF: the chunk size, or -1. With wrap,
+ * the size modulo 2^32; else sizes past 64 bits saturate. */
+static long long bdat_size(const char *s, size_t n, int wrap)
 {
   size_t i;
   unsigned long long v = 0;
   if (n < 8 || !verb(s, n, "bdat") || s[4] != ' ' || s[n - 2] != '\r') return -1;
   for (i = 0; i + 2 < n; i++) if (s[i] == '\r' || !s[i]) return -1;
   if (n > SMTP_CMDMAX) return -1;
-  for (i = 5; i < n - 2 && s[i] >= '0' && s[i] <= '9'; i++) {
-    if (v > (~0ULL - 9) / 10) return -1;
-    v = v * 10 + (unsigned)(s[i] - '0');
-  }
+  for (i = 5; i < n - 2 && s[i] >= '0' && s[i] <= '9'; i++)
+    v = wrap ? (v * 10 + (unsigned)(s[i] - '0')) & 0xffffffffULL
+      : v > (~0ULL - 9) / 10 ? ~0ULL : v * 10 + (unsigned)(s[i] - '0');
   if (i == 5) return -1;
-  while (i < n - 2 && s[i] == ' ') i++;
-  if (i < n - 2 && !(n - 2 - i == 4 && verb(s + i, 4, "last"))) return -1;
+  if (i < n - 2 && !(n - 2 - i == 5 && s[i] == ' ' && verb(s + i + 1, 4, "last"))) return -1;
   return v > (1ULL << 62) ? (long long)(1ULL << 62) : (long long)v; /* never all read */
 }
+
+static long long bdat(const char *s, size_t n) { return bdat_size(s, n, 0); }
 
 /* Content up to and including CRLF.CRLF: bytes taken (all n if no end).
  * hist holds the last five bytes; content starts after a CRLF. */
@@ -155,7 +167,7 @@ static const char *side_line(struct side *d, size_t *len)
   if (!lf || d->mode != F_CMD) return 0;
   *len = (size_t)(lf - s) + 1;
   d->pos += *len;
-  if ((chunk = bdat(s, *len)) > 0) {
+  if ((chunk = bdat_size(s, *len, d == &smtpd_side && mod32)) > 0) {
     d->chunk = chunk;
     d->mode = F_CHUNK;
   }
@@ -277,14 +289,18 @@ static void model_frame(void)
   while (mtail < CMDS) {
     size_t len;
     const char *s;
+    int inchunk = d->mode == F_CHUNK;
     int c = side_content(d);
     if (c) {
       if (c == 2) mpending[mtail++] = K_END;
+      /* a BDAT is answered once its chunk is in, as RFC 3030 asks */
+      if (inchunk && d->mode == F_CMD) mpending[mtail++] = K_OTHER;
       continue;
     }
     if (!(s = side_line(d, &len))) return;
     /* no password in clear: AUTH reaches the smtpd only over TLS or with -a */
     if (verb(s, len, "auth")) invariant(e.tls || (e.flags & SMTP_PLAINAUTH));
+    if (d->mode == F_CHUNK) continue;
     mpending[mtail++] = verb(s, len, "data") ? K_DATA : verb(s, len, "ehlo") ? K_EHLO : K_OTHER;
   }
 }
@@ -351,6 +367,12 @@ static void flush_model(void)
       invariant(starttls_end == client_side.loglen);
     }
   }
+  /* the smtpd has all the engine sent: both frame the same chunk, if any */
+  if (!e.soutlen && e.phase != SMTP_P_CLOSE && e.phase != SMTP_P_GONE && !e.refused) {
+    invariant((e.content == SMTP_C_BDAT) == (smtpd_side.mode == F_CHUNK));
+    if (e.content == SMTP_C_BDAT && smtpd_side.chunk < (1LL << 62))
+      invariant(e.chunk == (unsigned long long)smtpd_side.chunk);
+  }
 }
 
 static int modelled(const unsigned char *d, size_t n)
@@ -358,6 +380,7 @@ static int modelled(const unsigned char *d, size_t n)
   size_t i = 1;
   /* -r or not; -a only with -L: else the relay would take over */
   unsigned flags = (d[0] & 1) | (d[0] & 8 ? SMTP_GUARD | (d[0] & 2) : 0) | (d[0] & 16 ? SMTP_FRESH : 0);
+  mod32 = (d[0] & 32) != 0;
   memset(&cmd, 0, sizeof cmd);
   ncmd = nreplies = 0;
   side_reset(&client_side);
@@ -415,7 +438,7 @@ static int modelled(const unsigned char *d, size_t n)
     /* a message is refused only for what the client sent */
     if (e.phase == SMTP_P_CLOSE && e.why == SMTP_WHY_CONTENT)
       invariant((flags & SMTP_GUARD) && !clean(&client_side, 0, client_side.contentlen));
-    if (e.phase == SMTP_P_DRAIN || e.phase == SMTP_P_RELAY || e.phase == SMTP_P_CLOSE
+    if (e.phase == SMTP_P_HANDOVER || e.phase == SMTP_P_RELAY || e.phase == SMTP_P_CLOSE
         || e.phase == SMTP_P_GONE || e.errors >= SMTP_MAXERRORS)
       return 0; /* the engine's part, or its exact count, is over */
     invariant(nreplies <= ncmd + 1);
@@ -423,6 +446,7 @@ static int modelled(const unsigned char *d, size_t n)
       /* no end of data but CRLF.CRLF reaches the smtpd, whatever it takes for one */
       invariant(clean(&smtpd_side, smtpd_side.guarded, smtpd_side.contentlen));
       smtpd_side.guarded = smtpd_side.contentlen;
+      invariant(!smtpd_side.contentlen || smtpd_side.content[smtpd_side.contentlen - 1] != '\r');
     }
     /* content: what the smtpd got is what the client sent as content */
     invariant(smtpd_side.contentlen <= client_side.contentlen
@@ -434,8 +458,10 @@ static int modelled(const unsigned char *d, size_t n)
     flush_model();
   }
   flush_model();
-  if (e.phase == SMTP_P_PLAIN || e.phase == SMTP_P_CLEAR || e.phase == SMTP_P_GATE) {
-    if (client_side.mode != F_DATAWAIT && ncmd < CMDS && e.errors < SMTP_MAXERRORS)
+  if (e.phase == SMTP_P_PLAIN || e.phase == SMTP_P_COMMANDS || e.phase == SMTP_P_GATE) {
+    /* a BDAT is answered once its chunk is in */
+    if (client_side.mode != F_DATAWAIT && client_side.mode != F_CHUNK && ncmd < CMDS
+        && e.errors < SMTP_MAXERRORS)
       invariant(nreplies == ncmd + 1);
     invariant(smtpd_side.contentlen == client_side.contentlen || e.content != SMTP_C_NONE);
   }

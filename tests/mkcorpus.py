@@ -84,7 +84,15 @@ SEEDS["guard_tls_auth"] = (b"\x0e" + C(b"EHLO x\r\n") + A() + T() + C(b"STARTTLS
                            + C(b"EHLO y\r\nAUTH PLAIN AGFAYg==\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
                            + A(1) + A() + A() + A() + A() + T() + C(b"x\r\n.\n") + T())
 
-FLAGGED = ("auth", "requiretls") + tuple(MODEL) + tuple(n for n in SEEDS if n.startswith("guard_"))  # these begin with their own flags byte
+# BDAT framed as the smtpd frames it: a size just under 2^32 with a model
+# reading sizes modulo 2^32 (flag 32, exim), AUTH behind it
+SEEDS["model_bdat_wrap"] = (b"\x24" + C(b"EHLO x\r\n") + A() + T() + C(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")
+                            + A() + A() + T() + C(b"BDAT 4294967295 LAST\r\nAUTH PLAIN AGFAYg==\r\nQUIT\r\n")
+                            + A() + A() + T())
+# -L: a good message whose reads end after a CR
+SEEDS["guard_split_cr"] = b"\x0c" + DATA + C(b"x\r") + C(b"\n.\r") + C(b"\nNOOP\r\n") + A() + A() + T()
+
+FLAGGED = ("auth", "requiretls") + tuple(MODEL) + ("model_bdat_wrap", "guard_split_cr") + tuple(n for n in SEEDS if n.startswith("guard_"))  # these begin with their own flags byte
 os.makedirs(OUT, exist_ok=True)
 for name, data in SEEDS.items():
     if name not in FLAGGED:
