@@ -30,8 +30,16 @@ and it exits without a reply. Options:
   --first-lingers MS  the first smtpd in DIR stays MS after its session
                  ends, then says 421 unasked and exits 3 (an idle timeout)
   --second-greeting T  the greeting of the second smtpd in DIR
+  --cr-ends-line a bare CR ends a line too, as a bare LF does (in commands
+                 and in DATA, where "." then "<CR>" is an end of data)
+  --loose-end    DATA ends at a "." line whatever ends it ("<LF>.<LF>")
+  --final-delay MS  wait MS before the reply to DATA's final dot and to
+                 BDAT LAST
+Every --ext keyword is a verb too, answered 250 (ETRN and BDAT aside).
+BDAT is framed by RFC 3030's grammar: anything else gets 501 and no chunk.
 A "|" in the greeting separates lines.
 """
+import re
 import os
 import select
 import signal
@@ -44,18 +52,66 @@ opt = {"single": False, "auth": False, "starttls": False, "greeting": "220 mx.te
        "exit-at": None, "slow": 0, "help-lines": 3, "ehlo-pad": 0,
        "idle-421": 0, "unique": False, "ext": [], "rset-421": False, "ehlo-cut": False,
        "after-rset": None, "write-timeout": 0, "exit-code": 0,
-       "first-lingers": 0, "second-greeting": None}
+       "first-lingers": 0, "second-greeting": None, "cr-ends-line": False, "loose-end": False,
+       "final-delay": 0}
 while args:
     a = args.pop(0)[2:]
-    if a in ("single", "auth", "starttls", "unique", "rset-421", "ehlo-cut"):
+    if a in ("single", "auth", "starttls", "unique", "rset-421", "ehlo-cut", "cr-ends-line", "loose-end"):
         opt[a] = True
     elif a == "ext":
         opt[a].append(args.pop(0))
     else:
         opt[a] = args.pop(0)
 
-inp = sys.stdin.buffer
 outp = sys.stdout.buffer
+
+
+class Input:
+    """stdin, by lines: up to LF, or with --cr-ends-line up to a bare CR
+    too (which needs the next byte to be seen first)."""
+
+    def __init__(self):
+        self.f = sys.stdin.buffer
+        self.ahead = b""
+
+    def byte(self):
+        if self.ahead:
+            b, self.ahead = self.ahead, b""
+            return b
+        return self.f.read(1)
+
+    def readline(self, limit=100000):
+        if not opt["cr-ends-line"]:
+            line = self.ahead + self.f.readline(limit)
+            self.ahead = b""
+            return line
+        line = b""
+        while len(line) < limit:
+            b = self.byte()
+            if not b:
+                return line
+            line += b
+            if b == b"\n":
+                return line
+            if b == b"\r":
+                n = self.byte()
+                if n == b"\n":
+                    return line + n
+                self.ahead = n
+                return line
+
+    def read(self, n):
+        out = self.ahead[:n]
+        self.ahead = self.ahead[n:]
+        while len(out) < n:
+            data = self.f.read(n - len(out))
+            if not data:
+                break
+            out += data
+        return out
+
+
+inp = Input()
 try:
     fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
     fdlines = []
@@ -188,6 +244,9 @@ while True:
                 l = inp.readline()
                 if not l or l == b".\r\n":
                     break
+                # a "." line ended by LF or CR alone (not by the end of input)
+                if (opt["loose-end"] or opt["cr-ends-line"]) and l in (b".\n", b".\r"):
+                    break
                 if l.startswith(b"."):
                     l = l[1:]
                 body.write(l)
@@ -195,6 +254,7 @@ while True:
             os.rename(os.path.join(out_dir, name), os.path.join(out_dir, "discarded" + name[3:]))
             sys.exit(0)
         mail = False
+        time.sleep(int(opt["final-delay"]) / 1000)
         reply("250 2.0.0 queued as %d\r\n" % nmsg)
     elif verb == "RSET":
         mail = False
@@ -218,17 +278,25 @@ while True:
         ended("quit")
         break
     elif verb == "BDAT" and "CHUNKING" in opt["ext"]:
-        size, last = arg.split(" ")[0], arg.upper().endswith("LAST")
+        m = re.fullmatch(r"BDAT ([0-9]+)( [Ll][Aa][Ss][Tt])?", text, re.I)
+        if not m:
+            reply("501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n")
+            continue
+        size, last = m.group(1), m.group(2) is not None
         chunk = inp.read(int(size))
         nmsg += 0 if inbdat else 1
         inbdat = not last
         with open(os.path.join(out_dir, "msg-%d" % nmsg), "ab") as body:
             body.write(chunk)
+        if last:
+            time.sleep(int(opt["final-delay"]) / 1000)
         reply("250 2.0.0 %d octets%s\r\n" % (len(chunk), " queued" if last else ""))
     elif verb == "ETRN" and "ETRN" in opt["ext"]:
         reply("250 2.0.0 queuing for %s started\r\n" % arg)
     elif verb in ("VRFY", "EXPN"):
         reply("252 2.1.5 cannot verify\r\n")
+    elif verb in [x.split(" ")[0].upper() for x in opt["ext"]]:
+        reply("250 2.0.0 %s ok\r\n" % verb)
     else:
         reply("502 5.5.1 unknown command\r\n")
 if instance == 1 and int(opt["first-lingers"]):
