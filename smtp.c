@@ -390,9 +390,9 @@ static int http(const char *s, size_t n)
   static const char *const methods[] = {
     "get", "post", "put", "head", "connect", "options", "delete", "patch", "trace"
   };
-  size_t i, k;
+  size_t i;
   for (i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-    k = strlen(methods[i]);
+    size_t k = strlen(methods[i]);
     if (n > k && s[k] == ' ' && wordis(s, k, methods[i])) return 1;
   }
   return 0;
@@ -819,7 +819,10 @@ static int reply_line(struct smtp *e, const char *line, size_t len)
   if (first && stray(e, line)) {
     size_t i, k = len - (line[len - 2] == '\r' ? 2 : 1);
     if (k > sizeof e->stray - 1) k = sizeof e->stray - 1;
-    for (i = 0; i < k; i++) e->stray[i] = line[i] >= ' ' && line[i] <= '~' ? line[i] : '?';
+    for (i = 0; i < k; i++) {
+      e->stray[i] = line[i];
+      if (line[i] < ' ' || line[i] > '~') e->stray[i] = '?';
+    }
     e->stray[k] = 0;
     closeup(e, SMTP_WHY_STRAY, 1, R_BROKEN);
     return 1;
@@ -911,7 +914,7 @@ static int pump(struct smtp *e)
   return moved;
 }
 
-/* In the drain, client bytes are no longer commands: they go raw. */
+/* In the handover, client bytes are no longer commands: they go raw. */
 static int move_raw(struct smtp *e)
 {
   size_t n = SMTP_SOUTSIZE - e->soutlen;
@@ -1063,7 +1066,7 @@ void smtp_server_sent(struct smtp *e, size_t n)
 int smtp_server_done(const struct smtp *e)
 {
   if (e->phase == SMTP_P_CLOSE || e->phase == SMTP_P_GONE || e->refused) return 1;
-  /* in the drain the relay passes the client's EOF on, after the leftovers */
+  /* after the handover the relay passes the client's EOF on, after the leftovers */
   return e->cin_eof && !e->soutlen && !e->cinlen
     && (e->phase == SMTP_P_PLAIN || e->phase == SMTP_P_GATE || e->phase == SMTP_P_COMMANDS);
 }
