@@ -29,8 +29,9 @@ def exim_chunking(flavour, opts=(), options=""):
     return exim_bed(flavour, opts, options=EXIM_AUTH_OPTIONS + options, authenticators=EXIM_AUTHENTICATORS)
 
 
-def to_rcpt(bed, tls=False):
-    """A client past RCPT, after STARTTLS if tls; and the EHLO reply."""
+def ehloed(bed, tls=False, again=True):
+    """A client past EHLO, and after STARTTLS if tls (then EHLO again if
+    again); and the last EHLO reply."""
     c = Client(bed.port, timeout=20)
     c.reply()
     c.send(b"EHLO c.test\r\n")
@@ -39,8 +40,15 @@ def to_rcpt(bed, tls=False):
         c.send(b"STARTTLS\r\n")
         check(c.reply().startswith(b"220"), "no 220")
         c.starttls()
-        c.send(b"EHLO c.test\r\n")
-        ehlo = c.reply()
+        if again:
+            c.send(b"EHLO c.test\r\n")
+            ehlo = c.reply()
+    return c, ehlo
+
+
+def to_rcpt(bed, tls=False):
+    """A client past RCPT, after STARTTLS if tls; and the EHLO reply."""
+    c, ehlo = ehloed(bed, tls)
     c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\n")
     r = c.replies(2)
     check(r[0].startswith(b"250") and r[1].startswith(b"250"), r)
@@ -161,6 +169,24 @@ def guard_trailing_cr_every_split(flavour, _):
 
 # --- the wait for the reply to the end of content ---
 
+def slow_final_replies(bed, queued):
+    """A message by DATA, then one by BDAT LAST, with -t 1000 and an smtpd
+    3 s slow to answer their ends: each end gets the smtpd's reply, which
+    begins with queued (DATA) and with queued for BDAT."""
+    c, _ = to_rcpt(bed)
+    c.send(b"DATA\r\n")
+    check(c.reply().startswith(b"354"), "no 354")
+    c.send(b"Subject: slow\r\n\r\nslow\r\n.\r\n")
+    r = c.reply()
+    check(r.startswith(queued[0]), "the final dot got %r" % r)
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 5 LAST\r\nhello")
+    r = c.replies(3)
+    check(r[2].startswith(queued[1]), "BDAT LAST got %r" % r)
+    c.send(b"QUIT\r\n")
+    check(c.reply().startswith(b"221"), "no 221")
+    c.close()
+
+
 @test(flavours=("s6",))
 def final_reply_waits_past_t(flavour, _):
     """With -t 1000, an smtpd that answers the final dot and a BDAT LAST
@@ -168,22 +194,11 @@ def final_reply_waits_past_t(flavour, _):
     4.5.3.2.6: 10 minutes for that reply)."""
     bed = Bed(flavour, ("-t", "1000"), smtpd_opts=("--ext", "CHUNKING", "--final-delay", "3000"))
     try:
-        c, _ = to_rcpt(bed)
-        c.send(b"DATA\r\n")
-        check(c.reply().startswith(b"354"), "no 354")
-        c.send(b"Subject: slow\r\n\r\nslow\r\n.\r\n")
-        r = c.reply()
-        check(r.startswith(b"250 2.0.0 queued"), "the final dot got %r" % r)
-        c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 5 LAST\r\nhello")
-        r = c.replies(3)
-        check(r[2].startswith(b"250 2.0.0 5 octets queued"), "BDAT LAST got %r" % r)
-        c.send(b"QUIT\r\n")
-        check(c.reply().startswith(b"221"), "no 221")
-        c.close()
+        slow_final_replies(bed, (b"250 2.0.0 queued", b"250 2.0.0 5 octets queued"))
         finished(bed)
     finally:
         bed.close()
-    # exim, its DATA ACL made to wait 3 s
+    # exim, its DATA ACL (run for BDAT LAST too) made to wait 3 s
     bed, d = exim_chunking(flavour, ("-t", "1000"), options="acl_smtp_data = acl_slow\n")
     if d is None:
         return bed
@@ -193,18 +208,7 @@ def final_reply_waits_past_t(flavour, _):
             text = f.read()
         with open(conf, "w") as f:
             f.write(text.replace("begin acl\n", "begin acl\nacl_slow:\n  accept delay = 3s\n"))
-        c, _ = to_rcpt(bed)
-        c.send(b"DATA\r\n")
-        check(c.reply().startswith(b"354"), "no 354")
-        c.send(b"Subject: slow\r\n\r\nslow\r\n.\r\n")
-        r = c.reply()
-        check(r.startswith(b"250"), "exim's final dot got %r" % r)
-        c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 5 LAST\r\nhello")
-        r = c.replies(3)
-        check(r[2].startswith(b"250"), "exim's BDAT LAST got %r" % r)
-        c.send(b"QUIT\r\n")
-        check(c.reply().startswith(b"221"), "no 221")
-        c.close()
+        slow_final_replies(bed, (b"250", b"250"))
         check(bed.wait_exit() is not None, "exim never exited")
         check(mbox(d).count(b"\nslow\n") == 1 and b"hello" in mbox(d), "exim delivered %r" % mbox(d))
     finally:
@@ -245,10 +249,7 @@ def extension_verbs_20(flavour, _):
         opts += ["--ext", v]
     bed = Bed(flavour, smtpd_opts=tuple(opts))
     try:
-        c = Client(bed.port)
-        c.reply()
-        c.send(b"EHLO c.test\r\n")
-        c.reply()
+        c, _ = ehloed(bed)
         c.send(b"".join(b"%s arg\r\n" % v.encode() for v in verbs))
         r = c.replies(20)
         check(r == [b"250 2.0.0 %s ok\r\n" % v.encode() for v in verbs], r)
@@ -272,16 +273,7 @@ def xclient_xforward_requiretls(flavour, _):
     for tls, opts in ((False, ()), (True, ()), (True, ("-L",))):
         bed = Bed(flavour, opts, smtpd_opts=TRUSTED_OPTS)
         try:
-            c = Client(bed.port)
-            c.reply()
-            c.send(b"EHLO c.test\r\n")
-            ehlo = c.reply()
-            if tls:
-                c.send(b"STARTTLS\r\n")
-                check(c.reply().startswith(b"220"), "no 220")
-                c.starttls()
-                c.send(b"EHLO c.test\r\n")
-                ehlo = c.reply()
+            c, ehlo = ehloed(bed, tls)
             check(b"XCLIENT" not in ehlo and b"XFORWARD" not in ehlo, ehlo)
             check((b"REQUIRETLS" in ehlo) == tls, ehlo)
             if tls and not opts:
@@ -354,13 +346,7 @@ def gate_after_tls_anytime_verbs(flavour, _):
     smtpd (RFC 5321 4.1.4: no EHLO needed); MAIL gets 503."""
     bed = Bed(flavour)
     try:
-        c = Client(bed.port)
-        c.reply()
-        c.send(b"EHLO c.test\r\n")
-        c.reply()
-        c.send(b"STARTTLS\r\n")
-        check(c.reply().startswith(b"220"), "no 220")
-        c.starttls()
+        c, _ = ehloed(bed, True, again=False)
         c.send(b"NOOP\r\nRSET\r\nHELP\r\nVRFY a\r\nEXPN b\r\nMAIL FROM:<a@x.test>\r\n")
         r = c.replies(6)
         check([x[:3] for x in r] == [b"250", b"250", b"214", b"252", b"252", b"503"], r)
