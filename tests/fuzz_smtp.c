@@ -367,8 +367,10 @@ static void flush_model(void)
       invariant(starttls_end == client_side.loglen);
     }
   }
-  /* the smtpd has all the engine sent: both frame the same chunk, if any */
-  if (!e.soutlen && e.phase != SMTP_P_CLOSE && e.phase != SMTP_P_GONE && !e.refused) {
+  /* the smtpd has all the engine sent: both frame the same chunk, if any
+   * (while the engine frames the client's bytes: not once they go raw) */
+  if (!e.soutlen && !e.refused
+      && (e.phase == SMTP_P_PLAIN || e.phase == SMTP_P_GATE || e.phase == SMTP_P_COMMANDS)) {
     invariant((e.content == SMTP_C_BDAT) == (smtpd_side.mode == F_CHUNK));
     if (e.content == SMTP_C_BDAT && smtpd_side.chunk < (1LL << 62))
       invariant(e.chunk == (unsigned long long)smtpd_side.chunk);
