@@ -9,7 +9,7 @@ BINDIR = $(PREFIX)/bin
 MANDIR = $(PREFIX)/share/man
 PYTHON = python3
 
-OBJS = proxy.o smtp.o ucspitls.o relay.o io.o
+OBJS = proxy.o smtp.o ucspitls.o relay.o io.o smtpd.o end.o signals.o log.o fmt.o
 TESTS = tests/test_smtp tests/test_ucspitls tests/test_relay tests/test_relay_copy
 
 all: $(PROG)
@@ -20,11 +20,16 @@ $(PROG): $(OBJS)
 .c.o:
 	$(CC) $(CFLAGS) $(CPPFLAGS) -c -o $@ $<
 
-proxy.o: proxy.c io.h relay.h smtp.h ucspitls.h
+proxy.o: proxy.c end.h io.h log.h relay.h signals.h smtp.h smtpd.h ucspitls.h
 smtp.o: smtp.c smtp.h
 ucspitls.o: ucspitls.c io.h ucspitls.h
-relay.o: relay.c io.h relay.h
+relay.o: relay.c fmt.h io.h relay.h
 io.o: io.c io.h
+smtpd.o: smtpd.c end.h io.h log.h signals.h smtp.h smtpd.h ucspitls.h
+end.o: end.c end.h fmt.h io.h log.h relay.h signals.h smtp.h smtpd.h
+signals.o: signals.c signals.h
+log.o: log.c fmt.h io.h log.h
+fmt.o: fmt.c fmt.h
 
 tests/test_smtp: tests/test_smtp.c tests/check.h smtp.o
 	$(CC) $(CFLAGS) $(CPPFLAGS) -I. -o $@ tests/test_smtp.c smtp.o
@@ -32,12 +37,12 @@ tests/test_smtp: tests/test_smtp.c tests/check.h smtp.o
 tests/test_ucspitls: tests/test_ucspitls.c tests/check.h ucspitls.o io.o
 	$(CC) $(CFLAGS) $(CPPFLAGS) -I. -o $@ tests/test_ucspitls.c ucspitls.o io.o
 
-tests/test_relay: tests/test_relay.c tests/check.h relay.o io.o
-	$(CC) $(CFLAGS) $(CPPFLAGS) -I. -o $@ tests/test_relay.c relay.o io.o
+tests/test_relay: tests/test_relay.c tests/check.h relay.o io.o fmt.o
+	$(CC) $(CFLAGS) $(CPPFLAGS) -I. -o $@ tests/test_relay.c relay.o io.o fmt.o
 
 # the same tests on the portable read/write path that Linux builds skip
-tests/test_relay_copy: tests/test_relay.c tests/check.h relay.c relay.h io.o
-	$(CC) $(CFLAGS) $(CPPFLAGS) -DRELAY_NO_SPLICE -I. -o $@ tests/test_relay.c relay.c io.o
+tests/test_relay_copy: tests/test_relay.c tests/check.h relay.c relay.h io.o fmt.o
+	$(CC) $(CFLAGS) $(CPPFLAGS) -DRELAY_NO_SPLICE -I. -o $@ tests/test_relay.c relay.c io.o fmt.o
 
 check: $(PROG) $(TESTS)
 	$(PYTHON) tests/run.py
@@ -92,9 +97,9 @@ CPPCHECK = cppcheck --std=c99 --enable=warning,style,performance,portability \
 TIDYCHECKS = -*,bugprone-*,cert-*,clang-analyzer-*,portability-*,\
 	-bugprone-easily-swappable-parameters,-cert-err33-c
 lint:
-	$(CPPCHECK) $(CPPFLAGS) proxy.c smtp.c ucspitls.c relay.c io.c
+	$(CPPCHECK) $(CPPFLAGS) proxy.c smtp.c ucspitls.c relay.c io.c smtpd.c end.c signals.c log.c fmt.c
 	clang-tidy --quiet --warnings-as-errors='*' --checks='$(TIDYCHECKS)' \
-	  proxy.c smtp.c ucspitls.c relay.c io.c -- -std=c99 $(CPPFLAGS)
+	  proxy.c smtp.c ucspitls.c relay.c io.c smtpd.c end.c signals.c log.c fmt.c -- -std=c99 $(CPPFLAGS)
 
 # the cost per session, the relay's throughput and the footprint (tests/bench.sh)
 tests/bench: tests/bench.c

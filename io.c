@@ -1,4 +1,5 @@
-/* io.c: a monotonic clock and deadline-bounded waits on one fd. */
+/* io.c: a monotonic clock, deadline-bounded waits on one fd, and the
+ * signal watch they keep. */
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -32,17 +33,47 @@ long long io_sooner(long long a, long long b)
   return !a ? b : !b || a < b ? a : b;
 }
 
+static int sigfd = -1;
+static int (*react)(void);
+static int ending;
+
+void io_signals(int fd, int (*fn)(void))
+{
+  sigfd = fd;
+  react = fn;
+  ending = 0;
+}
+
+int io_sigfd(void)
+{
+  return sigfd;
+}
+
+int io_signalled(void)
+{
+  if (react && react()) ending = 1;
+  return ending;
+}
+
+int io_ending(void)
+{
+  return ending;
+}
+
 int io_wait(int fd, short events, long long deadline)
 {
-  struct pollfd p;
-  p.fd = fd;
-  p.events = events;
+  struct pollfd p[2];
+  p[0].fd = fd;
+  p[0].events = events;
+  p[1].fd = sigfd;
+  p[1].events = POLLIN;
   for (;;) {
-    int left = io_left(deadline);
-    int r = poll(&p, 1, left);
-    if (r > 0) return 1;
-    if (!r && !left) return 0;
-    if (r < 0 && errno != EINTR) return -1;
+    int left = ending ? 0 : io_left(deadline);
+    int r = poll(p, 2, left);
+    if (r > 0 && p[0].revents) return 1;
+    if (r > 0) io_signalled();
+    else if (!r && !left) return 0;
+    else if (r < 0 && errno != EINTR) return -1;
   }
 }
 

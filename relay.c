@@ -9,12 +9,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "fmt.h"
 #include "io.h"
 #include "relay.h"
 
@@ -69,11 +69,6 @@ int relay_flush(int cfdw, int sfdw, long long deadline)
   return flushone(&flows[RELAY_TOSERVER], sfdw, deadline);
 }
 
-static void fmtfd(char *s, int fd)
-{
-  sprintf(s, "%d", fd);
-}
-
 int relay_findable(void)
 {
   const char *path = getenv("PATH"), *p, *end;
@@ -98,11 +93,11 @@ void relay_exec(int sfdr, int sfdw, unsigned long timeout)
   char r[16], w[16], t[24];
   char *argv[8];
   int i = 0;
-  fmtfd(r, sfdr);
-  fmtfd(w, sfdw);
+  fmt(r, sizeof r, "%d", sfdr);
+  fmt(w, sizeof w, "%d", sfdw);
   argv[i++] = (char *)"s6-ioconnect";
   if (timeout) {
-    sprintf(t, "%lu", timeout);
+    fmt(t, sizeof t, "%lu", timeout);
     argv[i++] = (char *)"-t";
     argv[i++] = t;
   }
@@ -200,9 +195,9 @@ static int waiting(const struct flow *f)
 }
 
 enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
-                            unsigned long idle, unsigned long drain, int stopfd)
+                            unsigned long idle, unsigned long drain)
 {
-  int fds[4], fl[4], i, saved, hup = 0, draining = 0;
+  int fds[4], fl[4], i, saved, hup = 0, smtpdended = 0;
   struct flow *up = &flows[RELAY_TOSERVER], *down = &flows[RELAY_TOCLIENT];
   enum relay_result res = RELAY_OK;
   long long idleend, stallend = 0, drainend = 0;
@@ -217,6 +212,8 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
   down->splice = ispipe(sfdr) || ispipe(cfdw);
 #endif
   idleend = io_deadline(idle);
+  /* a SIGTERM taken before: the client's side has ended */
+  if (io_ending()) up->eof = 1;
   for (;;) {
     struct pollfd p[5];
     long long deadline;
@@ -232,8 +229,8 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
     /* From the end of the smtpd's output, a fixed time for the rest, that
      * neither a client's trickle nor its closed window can stretch. Its
      * pipe hanging up is that end too, with bytes still unread in it. */
-    if ((down->eof || hup) && !draining) {
-      draining = 1;
+    if ((down->eof || hup) && !smtpdended) {
+      smtpdended = 1;
       drainend = io_deadline(drain);
     }
     if (!waiting(down)) stallend = 0;
@@ -252,7 +249,8 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
     /* not read for now, the smtpd's pipe is still watched for its hang-up,
      * which poll reports with no event asked */
     if (!p[2].events && !down->eof && !hup) p[2].fd = sfdr;
-    p[4].fd = up->eof ? -1 : stopfd; p[4].events = POLLIN;
+    /* watched to the end: a later SIGTERM is passed on to the smtpd */
+    p[4].fd = io_sigfd(); p[4].events = POLLIN;
     r = poll(p, 5, io_left(deadline));
     if (r < 0) {
       if (errno == EINTR) continue;
@@ -260,7 +258,7 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
       break;
     }
     if (!r) continue;
-    if (p[4].revents) up->eof = 1;
+    if (p[4].revents && io_signalled()) up->eof = 1;
     if (!p[2].events && p[2].revents) {
       hup = 1;
       p[2].revents = 0;
@@ -272,6 +270,9 @@ enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
   }
   saved = errno;
   for (i = 0; i < 4; i++) if (fl[i] >= 0) fcntl(fds[i], F_SETFL, fl[i]);
+  /* on a bound too, both ways end here, the smtpd's EOF first */
+  if (!up->ended) endflow(up, 0);
+  if (!down->ended) endflow(down, cfdw == cfdr);
   errno = saved;
   return res;
 }

@@ -47,10 +47,13 @@ void relay_exec(int sfdr, int sfdw, unsigned long timeout);
  * smtpd's side has ended, the client's is read and discarded until its EOF,
  * so that a TLS engine never loses its pipe while it still holds our last
  * bytes; from the end of the smtpd's output, everything ends within drain
- * ms (0: no bound), whatever the client does. Descriptor flags are as they
- * were on return. stopfd (-1: none) readable: the client's side counts as
- * ended from then on, as if it had sent EOF. */
+ * ms (the drain bound; 0: none), whatever the client does. It keeps the
+ * signal watch (io.h): once io_signalled() says the session is to end, the
+ * client's side counts as ended, as if it had sent EOF. On return, on a
+ * bound too, EOF has been passed on both ways: sfdw is closed (it is the
+ * relay's to close), and so is cfdw if it is a pipe other than cfdr.
+ * Descriptor flags are as they were. */
 enum relay_result relay_run(int cfdr, int cfdw, int sfdr, int sfdw,
-                            unsigned long idle, unsigned long drain, int stopfd);
+                            unsigned long idle, unsigned long drain);
 
 #endif

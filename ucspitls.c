@@ -95,11 +95,12 @@ size_t ucspitls_block_feed(struct ucspitls_block *b, const char *s, size_t n)
   return i;
 }
 
-enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline, int stopfd,
+enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline,
                                     struct ucspitls_block *b)
 {
   char buf[4096];
   ssize_t r;
+  if (io_ending()) return UCSPITLS_STOPPED;
   for (;;) {
     r = write(ctl, "Y", 1);
     if (r == 1) break;
@@ -111,12 +112,13 @@ enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline, in
     struct pollfd p[2];
     int w;
     p[0].fd = ctl; p[0].events = POLLIN;
-    p[1].fd = stopfd; p[1].events = POLLIN;
+    p[1].fd = io_sigfd(); p[1].events = POLLIN;
     w = poll(p, 2, io_left(deadline));
     if (w < 0 && errno == EINTR) continue;
     if (w < 0) return UCSPITLS_ERROR;
     if (!w) return UCSPITLS_TIMEOUT;
-    if (p[1].revents) return UCSPITLS_STOPPED;
+    if (p[1].revents && io_signalled()) return UCSPITLS_STOPPED;
+    if (!p[0].revents) continue;
     r = read(ctl, buf, onebyte ? 1 : sizeof buf);
     if (r < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;

@@ -53,7 +53,7 @@ enum ucspitls_result {
   UCSPITLS_FAILED,    /* control socket closed with nothing sent: handshake failed */
   UCSPITLS_GONE,      /* the control socket was closed before 'Y': no TLS server */
   UCSPITLS_TIMEOUT,
-  UCSPITLS_STOPPED,   /* stopfd became readable first */
+  UCSPITLS_STOPPED,   /* io_signalled() said the session is to end */
   UCSPITLS_TOOBIG,    /* block over UCSPITLS_BLOCKMAX */
   UCSPITLS_ERROR      /* a system call failed: errno says why */
 };
@@ -61,9 +61,9 @@ enum ucspitls_result {
 /* Sends 'Y' on ctl and reads the block into b (made ready by
  * ucspitls_block_init(), and ucspitls_block_keep() if wanted), never waiting for EOF
  * (sslserver keeps the socket open). onebyte: ctl is also the TLS read fd,
- * so not one byte past the block may be read. stopfd (-1: none) readable
- * stops the wait. Does not close ctl. */
-enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline, int stopfd,
+ * so not one byte past the block may be read. The wait keeps the signal
+ * watch (io.h). Does not close ctl. */
+enum ucspitls_result ucspitls_start(int ctl, int onebyte, long long deadline,
                                     struct ucspitls_block *b);
 
 #endif

@@ -6,8 +6,8 @@
 Records every command line in DIR/commands (one per line, as received
 minus CRLF), each message body in DIR/msg-N, its environment in DIR/env and
 its open fds in DIR/fds; the same for each smtpd started in DIR, numbered
-from 1 in start order, in DIR/commands.N, env.N, fds.N, and how its input
-ended ("quit" or "eof") in DIR/end.N. Its input ending inside DATA discards the
+from 1 in start order, in DIR/commands.N, env.N, fds.N, its pid in
+DIR/pid.N, and how its input ended ("quit" or "eof") in DIR/end.N. Its input ending inside DATA discards the
 message, as exim -bs does: what it got goes to DIR/discarded-N (not msg-N),
 and it exits without a reply. Options:
   --single       one-line EHLO reply ("250 mx.test")
@@ -135,6 +135,8 @@ def claim():
 
 
 instance = claim()
+with open(os.path.join(out_dir, "pid.%d" % instance), "w") as f:
+    f.write("%d\n" % os.getpid())
 for name in ("fds", "fds.%d" % instance):
     with open(os.path.join(out_dir, name), "w") as f:
         f.write("".join(l for l in fdlines if "/proc/" not in l))

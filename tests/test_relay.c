@@ -69,7 +69,7 @@ static void rig_start(struct rig *r, const char *up, const char *down,
     close(r->smtpd_r);
     if (relay_preload(RELAY_TOSERVER, up, strlen(up)) || relay_preload(RELAY_TOCLIENT, down, strlen(down)))
       _exit(99);
-    res = (int)relay_run(r->cfdr, r->cfdw, r->sfdr, r->sfdw, timeout, draintimeout, -1);
+    res = (int)relay_run(r->cfdr, r->cfdw, r->sfdr, r->sfdw, timeout, draintimeout);
     _exit(res + (fcntl(r->cfdr, F_GETFL) != before ? 8 : 0));
   }
 }

@@ -1,6 +1,7 @@
 /* Unit tests of the UCSPI-TLS side: descriptor variables, the environment
  * block parser, and the 'Y' exchange over a real socketpair. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -182,7 +183,7 @@ static enum ucspitls_result exchange(const char *const *pieces, const size_t *le
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
   pid = peer(sv[1], pieces, lens, keepopen);
   ucspitls_block_init(&b);
-  r = ucspitls_start(sv[0], onebyte, io_deadline(ms), -1, &b);
+  r = ucspitls_start(sv[0], onebyte, io_deadline(ms), &b);
   if (onebyte) {
     char c;
     CHECK(read(sv[0], &c, 1) == 1 && c == '!');
@@ -225,26 +226,44 @@ static void start_peer_gone(void)
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
   close(sv[1]);
   ucspitls_block_init(&b);
-  CHECK(ucspitls_start(sv[0], 0, io_deadline(1000), -1, &b) == UCSPITLS_GONE);
+  CHECK(ucspitls_start(sv[0], 0, io_deadline(1000), &b) == UCSPITLS_GONE);
   close(sv[0]);
 }
 
-/* the caller's stop fd (a SIGTERM's self-pipe) ends the wait for the block */
+/* the signal watch (io.h): a signal that ends the session stops the wait
+ * for the block; one that does not (a child's end) leaves it waiting */
+static int sigpipe_r, ends;
+static int react(void)
+{
+  char c;
+  while (read(sigpipe_r, &c, 1) == 1) ;
+  return ends;
+}
+
 static void start_stopped(void)
 {
-  int sv[2], stop[2];
+  int sv[2], sig[2];
   long long t0;
   CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
-  CHECK(pipe(stop) == 0);
-  CHECK(write(stop[1], "", 1) == 1);
+  CHECK(pipe(sig) == 0);
+  CHECK(fcntl(sig[0], F_SETFL, O_NONBLOCK) == 0);
+  sigpipe_r = sig[0];
+  io_signals(sig[0], react);
+  CHECK(write(sig[1], "", 1) == 1);
+  ends = 0;
+  ucspitls_block_init(&b);
+  CHECK(ucspitls_start(sv[0], 0, io_deadline(300), &b) == UCSPITLS_TIMEOUT);
+  CHECK(write(sig[1], "", 1) == 1);
+  ends = 1;
   ucspitls_block_init(&b);
   t0 = io_now();
-  CHECK(ucspitls_start(sv[0], 0, io_deadline(5000), stop[0], &b) == UCSPITLS_STOPPED);
+  CHECK(ucspitls_start(sv[0], 0, io_deadline(5000), &b) == UCSPITLS_STOPPED);
   CHECK(io_now() - t0 < 1000);
+  io_signals(-1, 0);
   close(sv[0]);
   close(sv[1]);
-  close(stop[0]);
-  close(stop[1]);
+  close(sig[0]);
+  close(sig[1]);
 }
 
 static void start_timeout(void)
