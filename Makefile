@@ -111,7 +111,7 @@ tests/bench_smtpd: tests/bench_smtpd.c
 	$(CC) $(CFLAGS) $(CPPFLAGS) -o $@ tests/bench_smtpd.c
 
 bench: $(PROG) tests/bench tests/bench_smtpd
-	CC="$(CC)" sh tests/bench.sh
+	CC="$(CC)" ANCHORS="$(ANCHORS)" sh tests/bench.sh
 
 demo: $(PROG)
 	$(PYTHON) tests/demo.py

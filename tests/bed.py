@@ -26,14 +26,17 @@ def workdir():
     up root's privileges, and a checkout may sit in a folder only root can
     enter (Debian makes every home 0700), where they could not reach their
     files. Made once per run by the first import; run.py empties it."""
+    global WORK_MADE
     if os.environ.get("TESTWORK"):
         return os.environ["TESTWORK"]
     d = tempfile.mkdtemp(prefix="smtpd-starttls-proxy-io-tests-")
     os.chmod(d, 0o755)
     os.environ["TESTWORK"] = d  # the same folder for every process of this run
+    WORK_MADE = True
     return d
 
 
+WORK_MADE = False  # whether this run made WORK (run.py removes it after a clean run)
 WORK = workdir()
 
 # The server kinds. "emulated": tests/ucspitlsd.py in the flavour a test

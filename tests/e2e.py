@@ -189,8 +189,11 @@ def big_body(mb):
     return line * (mb * 1024 * 1024 // len(line))
 
 
-@test(relays=True)
+@test(relays=True, kinds=("emulated", "s6-bearssl", "sslserver"))
 def big_message_starttls(flavour, ropts):
+    """Not under s6-libtls: there s6-tlsd-io may keep the last kilobytes of
+    a large body inside libtls while the relay waits for them (either
+    relay); e2e_real.py measures how often instead."""
     return big(flavour, ropts, True)
 
 

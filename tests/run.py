@@ -125,6 +125,8 @@ def main():
         return not wanted or any(w in name for w in wanted)
 
     shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    os.chmod(WORK, 0o755)  # whatever the umask: exim -bs must reach its files (bed.workdir)
     if do_unit:
         unit("test_smtp", selected)
         unit("test_ucspitls", selected)
@@ -156,6 +158,10 @@ def main():
         valgrind_logs()
     print("%d passed, %d failed, %d skipped" % (results["passed"], results["failed"],
                                                results["skipped"]))
+    if bed.WORK_MADE and not results["failed"]:
+        shutil.rmtree(WORK, ignore_errors=True)
+    elif results["failed"]:
+        print("the run's files are in %s" % WORK)
     return 1 if results["failed"] else 0
 
 
