@@ -8,7 +8,7 @@ import shutil
 import smtplib
 import tempfile
 
-from bed import PROG, SMTPD, WORK, Bed, Client, sha256
+from bed import PROG, SMTPD, WORK, Bed, Client, reachable, sha256
 from e2e import Passed, big_body, check, final_reply_losses, finished, message, test, tls_context
 from e2e_fresh import starttls_mail
 
@@ -97,15 +97,6 @@ def large_transfer_libtls_measured(flavour, _):
     return Passed("%d MB: default relay %d of %d stalled; -S %d of %d stalled" % (mb, d, runs, s, runs))
 
 
-def private_copy(d, path):
-    """path copied into folder d: reachable by an smtpd that gave up root,
-    wherever the checkout sits."""
-    dst = os.path.join(d, os.path.basename(path))
-    shutil.copy(path, dst)
-    os.chmod(dst, 0o755)
-    return dst
-
-
 @test(flavours=("s6",), kinds=S6)
 def seed_command_line_applyuidgid(flavour, _):
     """README's s6 command line: s6-ucspitlsd, s6-applyuidgid -Uz, the
@@ -113,7 +104,7 @@ def seed_command_line_applyuidgid(flavour, _):
     runs as the account given, without any of those variables."""
     d = tempfile.mkdtemp(prefix="seed-", dir=WORK)
     os.chmod(d, 0o777)
-    prog, smtpd = private_copy(d, PROG), private_copy(d, SMTPD[1])
+    prog, smtpd = reachable(PROG), reachable(SMTPD[1])
     # the system's python: the one running the tests may sit under /root
     python = shutil.which("python3", path="/usr/bin:/bin") or SMTPD[0]
     bed = Bed(flavour, app=["s6-applyuidgid", "-Uz", prog, python, smtpd, d],
