@@ -47,6 +47,14 @@ tests/test_relay_copy: tests/test_relay.c tests/check.h relay.c relay.h io.o fmt
 check: $(PROG) $(TESTS)
 	$(PYTHON) tests/run.py
 
+# the end-to-end tests through the real super-servers, built by
+# ../shared/anchors/build.sh into ANCHORS: every test that can run under a
+# real server, under s6-networking on libtls, on BearSSL, and sslserver -n
+ANCHORS =
+check-real: $(PROG)
+	@test -n "$(ANCHORS)" || { echo "check-real: ANCHORS=DIR, as built by ../shared/anchors/build.sh"; exit 100; }
+	$(PYTHON) tests/run.py --real $(ANCHORS)
+
 # the unit tests alone: what tcc and pcc are held to
 unit: $(TESTS)
 	$(PYTHON) tests/run.py --unit
@@ -108,7 +116,7 @@ tests/bench_smtpd: tests/bench_smtpd.c
 	$(CC) $(CFLAGS) $(CPPFLAGS) -o $@ tests/bench_smtpd.c
 
 bench: $(PROG) tests/bench tests/bench_smtpd
-	CC="$(CC)" sh tests/bench.sh
+	CC="$(CC)" ANCHORS="$(ANCHORS)" sh tests/bench.sh
 
 demo: $(PROG)
 	$(PYTHON) tests/demo.py
@@ -126,4 +134,4 @@ uninstall:
 clean:
 	rm -f $(PROG) $(OBJS) $(TESTS) tests/fuzz_smtp tests/bench tests/bench_smtpd
 
-.PHONY: all bench check check-asan check-copy check-valgrind unit fuzz static check-static lint demo install uninstall clean
+.PHONY: all bench check check-real check-asan check-copy check-valgrind unit fuzz static check-static lint demo install uninstall clean

@@ -11,11 +11,53 @@ import sys
 import tempfile
 import time
 
+from bedmon import WRAP
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 PROG = os.path.join(TOP, "smtpd-starttls-proxy-io")
 SMTPD = [sys.executable, os.path.join(HERE, "smtpd.py")]
-WORK = os.environ.get("TESTWORK") or os.path.join(HERE, "work")
+
+
+def workdir():
+    """Where a run keeps its files: $TESTWORK, else a fresh folder under
+    the system's temporary one that anybody may enter (mode 0755). Not
+    under the checkout: exim -bs and the smtpds run by s6-applyuidgid give
+    up root's privileges, and a checkout may sit in a folder only root can
+    enter (Debian makes every home 0700), where they could not reach their
+    files. Made once per run by the first import; run.py empties it."""
+    global WORK_MADE
+    if os.environ.get("TESTWORK"):
+        return os.environ["TESTWORK"]
+    d = tempfile.mkdtemp(prefix="smtpd-starttls-proxy-io-tests-")
+    os.chmod(d, 0o755)
+    os.environ["TESTWORK"] = d  # the same folder for every process of this run
+    WORK_MADE = True
+    return d
+
+
+WORK_MADE = False  # whether this run made WORK (run.py removes it after a clean run)
+WORK = workdir()
+
+# The server kinds. "emulated": tests/ucspitlsd.py in the flavour a test
+# names (s6 or sslserver). The real ones, built by ../shared/anchors/build.sh
+# into ANCHORS: a test written for flavour s6 runs under s6-libtls or
+# s6-bearssl, one written for sslserver under the real sslserver.
+REAL_KINDS = {"s6-libtls": "s6", "s6-bearssl": "s6", "sslserver": "sslserver"}
+KIND = "emulated"  # run.py sets it for each test
+ANCHORS = os.environ.get("ANCHORS", "")
+# the lines the real servers write to the stderr they share with the proxy
+SERVER_LINE = re.compile(r"^(s6-tcpserverd|s6-tcpserver-access|s6-ucspitlsd|s6-tlsd-io|s6-tlsd|"
+                         r"sslserver|proxy-server|s6-applyuidgid): .*\n?", re.M)
+
+
+# what the real servers' log holds (bedmon.py); the emulator logs more
+REAL_EVENTS = ("app-pid", "client-socket", "app-exit", "exec", "engine-exec", "app-end")
+
+
+class Unavailable(Exception):
+    """A test asked the real server for what only the emulator offers: the
+    test must declare itself emulated-only (test(emulated="why"))."""
 
 
 def certificate():
@@ -27,6 +69,19 @@ def certificate():
                         "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return cert, key
+
+
+def reachable(path):
+    """A copy of path (the proxy, a script of the checkout) in WORK, that a
+    process which gave up root can execute wherever the checkout sits."""
+    d = os.path.join(WORK, "reachable")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    dst = os.path.join(d, os.path.basename(path))
+    if not os.path.exists(dst):
+        shutil.copy(path, dst)
+        os.chmod(dst, 0o755)
+    return dst
 
 
 def sha256(path):
@@ -51,15 +106,29 @@ CLOSED = []  # what each closed bed logged, for run.py to show when a test fails
 
 
 class Bed:
-    """One test UCSPI-TLS server (flavour s6 or sslserver) running
-    PROG [opts] smtpd.py DIR [smtpd_opts], or any app given."""
+    """One UCSPI-TLS server running PROG [opts] smtpd.py DIR [smtpd_opts],
+    or any app given: the emulator in flavour s6 or sslserver, or, when
+    KIND names a real kind, the real chain standing for that flavour.
 
-    def __init__(self, flavour, opts=(), smtpd_opts=(), app=None, env=None, server_opts=()):
+    A real chain is built as  listener + front + server + WRAP + app:
+    listener and server are the super-server's own programs (s6-tcpserverd
+    on a socket bound here, s6-tcpserver-access, s6-ucspitlsd; or
+    sslserver -n), front is any list of programs the caller puts before
+    the UCSPI-TLS server (issue 21: proxy-server, s6-tcpserver-access with
+    a rules folder; each must exec the rest of its command line), and a
+    second listener can sit in front of self.server_port (self.port is
+    what clients connect to: set it to the front listener's port)."""
+
+    def __init__(self, flavour, opts=(), smtpd_opts=(), app=None, env=None, server_opts=(),
+                 front=(), ucspitlsd_opts=()):
         cert, key = certificate()
         self.dir = tempfile.mkdtemp(prefix="bed-", dir=WORK)
         self.log = os.path.join(self.dir, "ucspitlsd.log")
         self.stderr_path = os.path.join(self.dir, "stderr")
         self.marker = os.path.basename(self.dir)
+        self.flavour = flavour
+        self.kind = KIND if KIND in REAL_KINDS else "emulated"
+        self.real = self.kind != "emulated"
         if app is None:
             app = [PROG] + list(opts) + SMTPD + [self.dir] + list(smtpd_opts)
         if os.environ.get("VALGRIND") and app[0] == PROG:
@@ -68,15 +137,66 @@ class Bed:
                    "--log-file=" + os.path.join(WORK, "valgrind.%p")] + app
         e = dict(os.environ)
         e["TESTBED"] = self.marker
-        if env:
-            e.update(env)
         self.stderr = open(self.stderr_path, "wb")
-        self.server = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "ucspitlsd.py"), "-f", flavour, "-c", cert,
-             "-k", key, "-l", self.log] + list(server_opts) + ["--"] + app,
-            stdout=subprocess.PIPE, stderr=self.stderr, env=e)
-        self.port = int(self.server.stdout.readline())
-        self.flavour = flavour
+        self.monitor = None
+        if not self.real:
+            if front or ucspitlsd_opts:
+                raise Unavailable("front and ucspitlsd_opts are for the real servers")
+            if env:
+                e.update(env)
+            self.server = subprocess.Popen(
+                [sys.executable, os.path.join(HERE, "ucspitlsd.py"), "-f", flavour, "-c", cert,
+                 "-k", key, "-l", self.log] + list(server_opts) + ["--"] + app,
+                stdout=subprocess.PIPE, stderr=self.stderr, env=e)
+            self.port = int(self.server.stdout.readline())
+        else:
+            if server_opts:
+                raise Unavailable("server_opts %s: the emulator's fault injection" % (server_opts,))
+            if REAL_KINDS[self.kind] != flavour:
+                raise Unavailable("kind %s stands for flavour %s, not %s"
+                                  % (self.kind, REAL_KINDS[self.kind], flavour))
+            self._start_real(e, cert, key, app, env, front, ucspitlsd_opts)
+        self.server_port = self.port
+
+    def _start_real(self, e, cert, key, app, env, front, ucspitlsd_opts):
+        # the application's own variables reach it alone, through env(1):
+        # the chain keeps the super-server's own (CERTFILE, KEYFILE) intact
+        if env:
+            app = ["env"] + ["%s=%s" % kv for kv in env.items()] + list(app)
+        fifo = os.path.join(self.dir, "pids")
+        os.mkfifo(fifo)
+        mon_env = dict(os.environ)
+        self.monitor = subprocess.Popen([sys.executable, os.path.join(HERE, "bedmon.py"), fifo, self.log],
+                                        env=mon_env, stderr=self.stderr)
+        wrapped = WRAP + [fifo] + list(app)
+        e["CERTFILE"], e["KEYFILE"] = cert, key
+        if self.kind.startswith("s6-"):
+            bindir = os.path.join(ANCHORS, "s6" if self.kind == "s6-libtls" else "s6-bearssl", "bin")
+            e["PATH"] = bindir + os.pathsep + e.get("PATH", "")
+            lsock = socket.socket()
+            lsock.bind(("127.0.0.1", 0))
+            lsock.listen(1024)
+            self.port = lsock.getsockname()[1]
+            argv = ([os.path.join(bindir, "s6-tcpserverd"), "-c", "1000"] + list(front) +
+                    [os.path.join(bindir, "s6-tcpserver-access"), "-v0",
+                     os.path.join(bindir, "s6-ucspitlsd")] + list(ucspitlsd_opts) + ["--"] + wrapped)
+            self.server = subprocess.Popen(argv, stdin=lsock, stdout=subprocess.DEVNULL,
+                                           stderr=self.stderr, env=e)
+            lsock.close()
+        else:
+            sslserver = os.path.join(ANCHORS, "ucspi-ssl", "bin", "sslserver")
+            # what an operator sets for sslserver; it leaves them to the application
+            e.update(CERTCHAINFILE=cert, KEYPASS="secret")
+            # sslserver -1 prints the port it was given, 0 included: ask the
+            # system for a free one and hand it over
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+            probe.close()
+            argv = ([sslserver, "-n", "-1", "-b", "1024", "-c", "1000", "127.0.0.1", str(self.port)] +
+                    list(front) + wrapped)
+            self.server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.stderr, env=e)
+            self.server.stdout.readline()  # listening once it says so
 
     def events(self):
         try:
@@ -84,6 +204,22 @@ class Bed:
                 return [l.split() for l in f]
         except FileNotFoundError:
             return []
+
+    def real_events(self, *names):
+        """events(), when a test asks for what only the emulator logs: under
+        a real server, Unavailable (the test must say emulated-only)."""
+        if self.real and any(n not in REAL_EVENTS for n in names):
+            raise Unavailable("events %s exist only in the emulator" % (names,))
+        return self.events()
+
+    def app_pid(self, conn="c1", timeout=20):
+        end = time.time() + timeout
+        while time.time() < end:
+            for ev in self.events():
+                if ev[0] == conn and ev[1] == "app-pid":
+                    return int(ev[2])
+            time.sleep(0.02)
+        return None
 
     def wait_exit(self, conn="c1", timeout=20):
         """The application's exit, as logged: "code=N" or "signal=N"."""
@@ -115,10 +251,30 @@ class Bed:
                 return pids
             time.sleep(0.05)
 
-    def stderr_text(self):
+    def engine(self, pid):
+        """Whether pid is the server's own TLS engine for a session (which
+        may outlive the proxy while the client holds the connection)."""
+        try:
+            if not self.real:
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    return b"ucspitlsd.py" in f.read()
+            return os.path.basename(os.readlink("/proc/%d/exe" % pid)) in ("s6-tlsd-io", "sslserver")
+        except OSError:
+            return False
+
+    def raw_stderr(self):
+        """The stderr the server and the proxy share, as it is."""
         self.stderr.flush()
         with open(self.stderr_path, errors="replace") as f:
             return f.read()
+
+    def stderr_text(self):
+        """The stderr of the proxy and what it runs, without the real
+        servers' own lines (the emulator writes none)."""
+        return SERVER_LINE.sub("", self.raw_stderr())
+
+    def server_text(self):
+        return "".join(m.group(0) for m in SERVER_LINE.finditer(self.raw_stderr()))
 
     def logtext(self):
         """The proxy's log lines, untagged."""
@@ -135,14 +291,18 @@ class Bed:
         return (self.file("commands") or b"").decode("latin-1").splitlines()
 
     def close(self, keep=False):
-        CLOSED.append("%s: events %s; stderr %r" % (
-            self.marker, [" ".join(e) for e in self.events()][-15:], self.stderr_text()[-600:]))
-        self.server.terminate()
-        try:
-            self.server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.server.kill()
-            self.server.wait()
+        CLOSED.append("%s %s: events %s; stderr %r" % (
+            self.kind, self.marker, [" ".join(e) for e in self.events()][-15:],
+            self.raw_stderr()[-600:]))
+        for p in (self.server, self.monitor):
+            if p is None:
+                continue
+            p.terminate()
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         self.stderr.close()
         if not keep:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -3,7 +3,8 @@
 # fast path and a static musl one (when musl-gcc is there), then runs the
 # driver with every contender.
 # BENCH_PROXY=/path/to/other adds another program with the same interface,
-# run exactly like ours (with s6-ioconnect as its relay).
+# run exactly like ours (with s6-ioconnect as its relay); ANCHORS=DIR adds
+# the reference program built there.
 set -eu
 w=tests/work/bench
 mkdir -p "$w"
@@ -33,8 +34,12 @@ if command -v musl-gcc >/dev/null; then
 else
   echo "bench: musl-gcc not found: no static contender" >&2
 fi
+# the reference implementation, skarnet's, as ../shared/anchors/build.sh
+# builds it into ANCHORS (make bench ANCHORS=DIR); it takes no options
 if [ -n "${BENCH_PROXY:-}" ]; then
   set -- "$@" other="$BENCH_PROXY"
+elif [ -n "${ANCHORS:-}" ]; then
+  set -- "$@" reference="$ANCHORS/s6/bin/smtpd-starttls-proxy-io"
 fi
 uname -srm
 grep -m1 'model name' /proc/cpuinfo 2>/dev/null || :

@@ -13,7 +13,7 @@ import time
 
 import peers
 from bed import PROG, WORK, Bed, Client, certificate
-from e2e import SECRETS, check, exim_bed, finished, message, quiet, test, tls_context
+from e2e import SECRETS, check, exim_bed, finished, message, quiet, test, tls_context, tls_goodbye
 
 
 def environ(bed, n):
@@ -23,8 +23,12 @@ def environ(bed, n):
     return dict(e.split(b"=", 1) for e in raw.split(b"\0") if e)
 
 
-def handshake(bed):
-    """(protocol, cipher) as the test server's TLS engine logged them."""
+def handshake(bed, client):
+    """(protocol, cipher) as the test server's TLS engine logged them; a
+    real server logs nothing: then as the client saw them (starttls_mail's
+    return)."""
+    if bed.real:
+        return client
     for ev in bed.events():
         if ev[1] == "handshake-ok":
             return ev[2].encode(), ev[3].encode()
@@ -53,9 +57,10 @@ def starttls_mail(port, msg, helo="client.test", rcpt="b@y.test"):
         check(code == 250, "EHLO over TLS: %d %r" % (code, text))
         check(not s.has_extn("starttls"), "STARTTLS advertised after TLS")
         s.sendmail("a@x.test", [rcpt], msg)
-        code, text = s.docmd("QUIT")
+        seen = s.sock.version().encode(), s.sock.cipher()[0].encode()
+        code, text = tls_goodbye(s)
         check(code == 221, "QUIT: %d %r" % (code, text))
-        s.close()
+    return seen
 
 
 def through_tls(bed):
@@ -79,7 +84,7 @@ def fresh_smtpd_after_tls(flavour, ropts):
               env={"SSL_TLS_SNI_SERVERNAME": "stale.example", "RELAYCLIENT": ""})
     try:
         msg = message(200)
-        starttls_mail(bed.port, msg)
+        client = starttls_mail(bed.port, msg)
         code = bed.wait_exit()
         check(code == "code=7", "exit %s, not the second smtpd's" % code)
         finished(bed, False)
@@ -92,7 +97,7 @@ def fresh_smtpd_after_tls(flavour, ropts):
         check(cmds == ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"], cmds)
         check(bed.file("env.3") is None, "a third smtpd")
         first, second = environ(bed, 1), environ(bed, 2)
-        proto, cipher = handshake(bed)
+        proto, cipher = handshake(bed, client)
         check(b"SSL_PROTOCOL" not in first and b"SSL_CIPHER" not in first, "first smtpd knew of TLS")
         check(second.get(b"SSL_PROTOCOL") == proto and second.get(b"SSL_CIPHER") == cipher,
               "second smtpd: %r %r, block: %r %r" % (second.get(b"SSL_PROTOCOL"),
@@ -109,7 +114,7 @@ def fresh_smtpd_after_tls(flavour, ropts):
             # sslserver's block carries the certificate, newlines and all
             with open(certificate()[0], "rb") as f:
                 check(second.get(b"SSL_SERVER_CERT") == f.read(), "SSL_SERVER_CERT differs")
-            check(second.get(b"SSL_CLIENT_CERT") == b"", "an empty value was not kept")
+            check(second.get(b"SSL_VERSION_INTERFACE") == b"ucspi-ssl", "SSL_VERSION_INTERFACE")
         fds_clean(bed, 1)
         fds_clean(bed, 2)
     finally:
@@ -161,7 +166,7 @@ def fresh_client_drops_in_tls(flavour, ropts):
         check(code == "code=6", "exit %s" % code)
         finished(bed, False)
         check(bed.file("end.2") == b"eof", "second smtpd: %r" % bed.file("end.2"))
-        if flavour == "sslserver":
+        if flavour == "sslserver" and not bed.real:
             check(any(e[1] == "sigterm-app" for e in bed.events()), "no SIGTERM was sent")
     finally:
         bed.close()
@@ -180,6 +185,7 @@ def fresh_first_smtpd_idle_is_harmless(flavour, _):
         c.send(b"NOOP\r\nQUIT\r\n")
         check(c.replies(2) == [b"250 2.0.0 ok\r\n", b"221 2.0.0 bye\r\n"], "after the first smtpd's end")
         check(c.rest() == b"", "more after 221")
+        c.close()  # a real sslserver keeps the session until the client's EOF
         code = bed.wait_exit()
         check(code == "code=4", "exit %s" % code)
         finished(bed, False)
@@ -197,6 +203,7 @@ def fresh_greeting_refused(flavour, _):
         c.send(b"EHLO c\r\n")
         check(c.reply() == b"421 4.3.0 Mail server unavailable, closing connection\r\n", "not one 421")
         check(c.rest() == b"", "more after 421")
+        c.close()  # a real sslserver keeps the session until the client's EOF
         code = bed.wait_exit()
         check(code == "code=2", "exit %s" % code)
         finished(bed, False)
@@ -207,7 +214,7 @@ def fresh_greeting_refused(flavour, _):
         bed.close()
 
 
-@test(flavours=("sslserver",))
+@test(flavours=("sslserver",), emulated="a block over the cap is the emulator's --block-pad")
 def fresh_block_over_cap(flavour, _):
     """A block over the 64 KiB that -e keeps: one warning, and the session
     goes on with a smtpd that got none of the block's variables."""
@@ -260,7 +267,7 @@ def peer_starttls(name, flavour, ropts, fresh):
         code, text = s.ehlo("client.test")
         check(code == 250, "EHLO over TLS: %d %r" % (code, text))
         s.sendmail("a@x.test", ["b@local.test"], msg)
-        s.quit()
+        tls_goodbye(s)
         code = bed.wait_exit()
         check(code == "code=0", "exit %s" % code)
         check(not bed.leftovers(), "leftovers")
@@ -309,10 +316,10 @@ def exim_received_names_cipher(flavour, _):
         return bed
     try:
         msg = message()
-        starttls_mail(bed.port, msg, rcpt="b@local.test")
+        client = starttls_mail(bed.port, msg, rcpt="b@local.test")
         bed.wait_exit()
         check(not bed.leftovers(), "leftovers")
-        proto, cipher = handshake(bed)
+        proto, cipher = handshake(bed, client)
         with open(os.path.join(d, "mbox"), "rb") as f:
             mbox = f.read()
         check(b"with " + proto + b" cipher " + cipher in mbox, mbox[:600])

@@ -27,9 +27,8 @@ def holders(bed, link):
             with open("/proc/%s/environ" % p, "rb") as f:
                 if ("TESTBED=" + bed.marker).encode() not in f.read().split(b"\0"):
                     continue
-            with open("/proc/%s/cmdline" % p, "rb") as f:
-                if b"ucspitlsd.py" in f.read():
-                    continue
+            if bed.engine(int(p)):
+                continue
             fds = [int(fd) for fd in os.listdir("/proc/%s/fd" % p)
                    if os.readlink("/proc/%s/fd/%s" % (p, fd)) == link]
         except OSError:

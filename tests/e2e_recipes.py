@@ -15,7 +15,7 @@ import tempfile
 import time
 
 import peers
-from bed import PROG, TOP, WORK, Bed, Client
+from bed import PROG, TOP, WORK, Bed, Client, reachable
 from e2e import check, test, tls_context
 
 README = os.path.join(TOP, "README.md")
@@ -68,7 +68,8 @@ def install(name, subs=()):
     used = " ".join(files.values())
     for old, _ in subs:
         check(old in used or old in argv, "recipe %s: %s is not in README's text" % (name, old))
-    out = [PROG] + [where.get(a, a) for a in argv[1:]]
+    # the proxy too may run as another user (setpriv below): a copy it can reach
+    out = [reachable(PROG)] + [where.get(a, a) for a in argv[1:]]
     return out, d
 
 

@@ -19,7 +19,10 @@ application a stray copy of the client socket beside fds 0/1, and its own
 configuration variables (CERTCHAINFILE, KEYPASS, SSL_UID, ...). EOF on the control socket without a
 command = the application is killed with SIGTERM. After Y the block ends in
 \\0\\0 and the socket stays open for the whole session. A failed handshake
-kills the application. When the session ends the application gets SIGTERM.
+kills the application. The application's EOF sends close_notify, and the
+client's bytes still reach the application until the client's EOF; a
+client's EOF without close_notify ends the session at once (OpenSSL 3 calls
+it an error). When the session ends the application gets SIGTERM.
 
 --libtls (either flavour): the TLS engine behaves like s6-tlsd-io on libtls,
 which stops at once, dropping whatever it has not yet sent to the client,
@@ -58,13 +61,16 @@ def block(flavour, tls, certpem, pad=0):
                    "SSL_TLS_SNI_SERVERNAME", "SSL_PEER_CERT_HASH",
                    "SSL_PEER_CERT_SUBJECT"]
     else:
-        entries = ["SSL_PROTOCOL=" + ver, "SSL_CIPHER=" + cipher[0],
-                   "SSL_SESSION_ID=" + os.urandom(16).hex(),
+        # as the real sslserver 0.13.07 on OpenSSL 3 sends it to a client
+        # without a certificate: no SSL_CLIENT_* entry at all
+        entries = ["SSL_PROTOCOL=" + ver, "SSL_SESSION_ID=" + os.urandom(32).hex(),
+                   "SSL_CIPHER=" + cipher[0], "SSL_CIPHER_EXPORT=false",
                    "SSL_CIPHER_USEKEYSIZE=%d" % cipher[2],
                    "SSL_CIPHER_ALGKEYSIZE=%d" % cipher[2],
-                   "SSL_SERVER_S_DN=/CN=localhost",
-                   "SSL_SERVER_CERT=" + certpem,
-                   "SSL_CLIENT_CERT=", "SSL_CLIENT_S_DN="]
+                   "SSL_VERSION_INTERFACE=ucspi-ssl", "SSL_VERSION_LIBRARY=" + ssl.OPENSSL_VERSION,
+                   "SSL_SERVER_M_VERSION=3", "SSL_SERVER_S_DN=/CN=localhost",
+                   "SSL_SERVER_S_DN_CN=localhost", "SSL_SERVER_I_DN=/CN=localhost",
+                   "SSL_SERVER_I_DN_CN=localhost", "SSL_SERVER_CERT=" + certpem]
     if pad:
         entries.append("SSL_PAD=" + "p" * pad)
     return "".join(e + "\0" for e in entries).encode() + b"\0"
@@ -90,8 +96,16 @@ def pump(conn, tls, rpipe, wpipe, flavour, libtls):
             rpipe_open = False
         if app_eof and not toclient and not halfclosed:
             if flavour == "sslserver":
-                return
-            socket.socket(fileno=os.dup(tls.fileno())).shutdown(socket.SHUT_WR)
+                # as sslserver's ssl_io: close_notify, then the client's
+                # bytes still go to the application until the client's EOF
+                try:
+                    tls.unwrap()
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                except (ssl.SSLError, OSError):
+                    return
+            else:
+                socket.socket(fileno=os.dup(tls.fileno())).shutdown(socket.SHUT_WR)
             halfclosed = True
         if halfclosed and not rpipe_open:
             return
@@ -126,6 +140,14 @@ def pump(conn, tls, rpipe, wpipe, flavour, libtls):
                     client_eof = True
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 pass
+            except ssl.SSLEOFError:
+                # the client's TCP EOF without close_notify: sslserver on
+                # OpenSSL 3 takes it as an SSL error and ends the session
+                # at once (the application is SIGTERMed if still running)
+                log(conn, "tls-eof-unclean")
+                if flavour == "sslserver":
+                    return
+                client_eof = True
             except (ssl.SSLError, OSError) as e:
                 log(conn, "tls-read-error", type(e).__name__)
                 client_eof = True

@@ -1,0 +1,210 @@
+"""End-to-end tests that only the real super-servers can answer (make
+check-real): how many sessions keep their final reply, large transfers,
+what the smtpd and the proxy are given, O_NONBLOCK on the shared socket at
+each hand-over, the operator's own command line with s6-applyuidgid."""
+import hashlib
+import os
+import shutil
+import smtplib
+import tempfile
+
+from bed import PROG, SMTPD, WORK, Bed, Client, reachable, sha256
+from e2e import Passed, big_body, check, final_reply_losses, finished, message, test, tls_context
+from e2e_fresh import starttls_mail
+
+S6 = ("s6-libtls", "s6-bearssl")
+REAL = S6 + ("sslserver",)
+
+
+@test(flavours=("s6",), kinds=("s6-libtls",))
+def final_reply_count(flavour, _):
+    """1000 STARTTLS sessions ending in QUIT (LOSS_SESSIONS) on s6-tlsd-io
+    with libtls, the engine that drops what it holds when SSLREADFD's
+    reader goes away early: the default relay reads the client to its EOF,
+    so none loses the final 221; -S (s6-ioconnect closes SSLREADFD when the
+    smtpd is done) is counted and reported, not held to a number. The other
+    engines keep what they hold (load_200_sessions, 200 at once)."""
+    n = int(os.environ.get("LOSS_SESSIONS", "1000"))
+    lost = final_reply_losses(flavour, (), n)
+    check(lost == 0, "default relay: %d of %d sessions lost the final 221" % (lost, n))
+    lostS = final_reply_losses(flavour, ("-S",), n)
+    print("  final replies lost: default relay 0 of %d; -S %d of %d" % (n, lostS, n))
+    return Passed("default relay: 0 of %d lost; -S: %d of %d lost" % (n, lostS, n))
+
+
+def transfer(bed, body):
+    """One message over STARTTLS: True if the 250 came back, False if the
+    session stalled (no reply within BIG_STALL seconds)."""
+    try:
+        with smtplib.SMTP("127.0.0.1", bed.port, timeout=int(os.environ.get("BIG_STALL", "60"))) as s:
+            s.ehlo("client.test")
+            s.starttls(context=tls_context())
+            s.ehlo("client.test")
+            s.sendmail("a@x.test", ["b@y.test"], body)
+        return True
+    except (smtplib.SMTPServerDisconnected, OSError):
+        return False
+
+
+@test(kinds=("s6-bearssl", "sslserver"))
+def large_transfer_default_relay(flavour, _):
+    """A 200 MB body (REAL_BIG_MB) over STARTTLS through the default relay,
+    BIG_RUNS times: every one delivered whole, none stalled."""
+    mb = int(os.environ.get("REAL_BIG_MB", "200"))
+    runs = int(os.environ.get("BIG_RUNS", "2"))
+    body = big_body(mb)
+    want = hashlib.sha256(body).hexdigest()
+    for i in range(runs):
+        bed = Bed(flavour)
+        try:
+            check(transfer(bed, body), "run %d: %d MB stalled" % (i + 1, mb))
+            finished(bed, flavour == "s6")
+            check(sha256(os.path.join(bed.dir, "msg-1")) == want, "%d MB body differs" % mb)
+        finally:
+            bed.close()
+    return Passed("%d of %d transfers of %d MB, none stalled" % (runs, runs, mb))
+
+
+def stalls(flavour, ropts, mb, runs):
+    """How many of runs transfers of mb MB stalled; every one that did not
+    delivered the body whole."""
+    body = big_body(mb)
+    want = hashlib.sha256(body).hexdigest()
+    stalled = 0
+    for _ in range(runs):
+        bed = Bed(flavour, ropts)
+        try:
+            if transfer(bed, body):
+                check(sha256(os.path.join(bed.dir, "msg-1")) == want, "%d MB body differs" % mb)
+            else:
+                stalled += 1
+        finally:
+            bed.close()
+    return stalled
+
+
+@test(flavours=("s6",), kinds=("s6-libtls",))
+def large_transfer_libtls_measured(flavour, _):
+    """On s6-tlsd-io (libtls) the last kilobytes of a large body may stay
+    inside libtls while s6-tlsd-io waits for the socket and the relay for
+    them: a stall (no reply within BIG_STALL seconds), with either relay,
+    more often when the smtpd reads slowly. Measured, not held: the counts
+    go on the PASS line and into the man page's -S paragraph. What did
+    arrive must be whole."""
+    mb = int(os.environ.get("REAL_BIG_MB", "200"))
+    runs = int(os.environ.get("BIG_RUNS", "2"))
+    d = stalls(flavour, (), mb, runs)
+    s = stalls(flavour, ("-S",), mb, runs)
+    print("  libtls, %d MB: default relay %d of %d stalled; -S %d of %d" % (mb, d, runs, s, runs))
+    return Passed("%d MB: default relay %d of %d stalled; -S %d of %d stalled" % (mb, d, runs, s, runs))
+
+
+@test(flavours=("s6",), kinds=S6)
+def seed_command_line_applyuidgid(flavour, _):
+    """README's s6 command line: s6-ucspitlsd, s6-applyuidgid -Uz, the
+    proxy, the smtpd; CERTFILE, KEYFILE, UID, GID, GIDLIST set. The smtpd
+    runs as the account given, without any of those variables."""
+    d = tempfile.mkdtemp(prefix="seed-", dir=WORK)
+    os.chmod(d, 0o777)
+    prog, smtpd = reachable(PROG), reachable(SMTPD[1])
+    # the system's python: the one running the tests may sit under /root
+    python = shutil.which("python3", path="/usr/bin:/bin") or SMTPD[0]
+    bed = Bed(flavour, app=["s6-applyuidgid", "-Uz", prog, python, smtpd, d],
+              env={"UID": "65534", "GID": "65534", "GIDLIST": "65534"})
+    try:
+        msg = message()
+        starttls_mail(bed.port, msg)
+        finished(bed)
+        check(os.stat(os.path.join(d, "msg-1")).st_uid == 65534, "the smtpd did not run as 65534")
+        env = (bed.file("env") or b"").decode()
+        names = [e.split("=", 1)[0] for e in env.split("\0")]
+        for n in ("UID", "GID", "GIDLIST", "CERTFILE", "KEYFILE"):
+            check(n not in names, "the smtpd's environment holds %s" % n)
+    finally:
+        bed.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# what the application (the proxy) is given, as the shell before it sees it
+DUMP = ('env -0 >"$0/app-env"; for f in /proc/$$/fd/*; do echo "${f##*/} $(readlink $f)"; done'
+        ' >"$0/app-fds"; exec "$@"')
+
+
+def given(bed):
+    env = dict(e.split("=", 1) for e in (bed.file("app-env") or b"").decode().split("\0") if "=" in e)
+    fds = dict(l.split(" ", 1) for l in (bed.file("app-fds") or b"").decode().splitlines())
+    return env, fds
+
+
+@test(kinds=REAL)
+def what_the_servers_give(flavour, _):
+    """The environment and descriptors the real servers give the proxy, and
+    what the smtpd keeps of them. s6-ucspitlsd 2.8.0.1 leaves CERTFILE and
+    KEYFILE to the application unless -Z (its documentation says the
+    opposite); sslserver leaves its own variables and a stray copy of the
+    client socket. The smtpd gets none of it either way."""
+    seen = []
+    for uopts in ((), ("-Z",)) if flavour == "s6" else ((),):
+        d = tempfile.mkdtemp(prefix="given-", dir=WORK)
+        bed = Bed(flavour, ucspitlsd_opts=uopts,
+                  app=["sh", "-c", DUMP, d, PROG] + SMTPD + [d])
+        try:
+            starttls_mail(bed.port, message())
+            finished(bed, flavour == "s6")
+            env, fds = given(bed)
+            check(env.get("SSLCTLFD") and env.get("TCPREMOTEIP") == "127.0.0.1", env)
+            sock = fds.get("0")
+            strays = sorted(int(fd) for fd, what in fds.items() if what == sock and int(fd) > 1)
+            if flavour == "s6":
+                leaked = "CERTFILE" in env and "KEYFILE" in env
+                check(leaked == (uopts == ()), "-Z %s, CERTFILE/KEYFILE given: %s" % (uopts, leaked))
+                check(not strays, "s6-ucspitlsd gave a copy of the socket: %s" % strays)
+                seen.append("%s: CERTFILE %s" % (" ".join(uopts) or "no -Z", "kept" if leaked else "removed"))
+            else:
+                for n in ("CERTFILE", "KEYFILE", "CERTCHAINFILE", "KEYPASS", "SSLREMOTEIP"):
+                    check(n in env, "sslserver did not leave %s" % n)
+                check(strays, "no stray copy of the client socket: %s" % fds)
+                seen.append("stray socket copy at fd %s" % strays)
+        finally:
+            bed.close()
+            shutil.rmtree(d, ignore_errors=True)
+    return Passed("; ".join(seen))
+
+
+def blocking_everywhere(bed):
+    """Every look bedmon.py took at the client socket (fds 0/1 at the
+    application's start and execs, at the TLS engine's exec right after
+    the command, at the application's end) found it blocking."""
+    looks = [e for e in bed.events() if e[1] in ("exec", "engine-exec", "app-end")]
+    bad = [" ".join(e) for e in looks if any(w.endswith("=socket:nonblocking") for w in e[2:])]
+    check(not bad, "O_NONBLOCK left on the shared socket: %s" % bad)
+    return len([w for e in looks for w in e[2:] if "=socket:" in w])
+
+
+@test(relays=True, kinds=REAL)
+def nonblocking_never_left_on_the_socket(flavour, ropts):
+    """O_NONBLOCK is the open file description's, shared with the TLS
+    engine: at Y (s6: the engine's exec), at -S's exec of s6-ioconnect, at
+    the end, in STARTTLS and plaintext sessions, the socket is blocking."""
+    looked = 0
+    for tls in (True, False):
+        bed = Bed(flavour, ropts)
+        try:
+            c = Client(bed.port)
+            c.reply()
+            if tls:
+                c.send(b"STARTTLS\r\n")
+                c.reply()
+                c.starttls()
+            c.send(b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+            c.replies(4)
+            c.send(b"Subject: nb\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+            check(c.replies(2)[1].startswith(b"221"), "no 221")
+            c.close()
+            finished(bed, not tls or flavour == "s6")
+            looked += blocking_everywhere(bed)
+            if tls and flavour == "s6":
+                check(any(e[1] == "engine-exec" for e in bed.events()), bed.events())
+        finally:
+            bed.close()
+    return Passed("%d looks at the socket, all blocking" % looked)
