@@ -191,6 +191,27 @@ static char **options(char **argv)
   return argv;
 }
 
+/* UCSPITLS, which the access rules set per client (fixsmtpio and s/qmail
+ * read it too), is this session's TLS policy, and wins over -r: "-"
+ * STARTTLS not offered, empty the default, "!" TLS required; any other
+ * value (s/qmail's "?" and "@" among them) requires TLS, with a warning.
+ * It is ours: the smtpd, which might act on it again, does not get it. */
+static unsigned policy(unsigned f)
+{
+  const char *v = getenv("UCSPITLS");
+  int n;
+  if (!v) return f;
+  f &= ~(unsigned)SMTP_REQUIRETLS;
+  if (!strcmp(v, "-")) f |= SMTP_NOTLS;
+  else if (*v) {
+    f |= SMTP_REQUIRETLS;
+    for (n = 0; n < 32 && v[n] >= ' ' && v[n] < 127; n++) ;
+    if (strcmp(v, "!")) warn("UCSPITLS=%.*s%s is no policy known here: TLS required", n, v, v[n] ? "..." : "");
+  }
+  unsetenv("UCSPITLS");
+  return f;
+}
+
 static int getfd(const char *name)
 {
   const char *problem, *v;
@@ -851,6 +872,7 @@ int main(int argc, char **argv)
   smtpd_argv = argv = options(argv);
   mktag();
   if (!*argv) usage();
+  flags = policy(flags);
   ctlfd = getfd("SSLCTLFD");
   readfd = getfd("SSLREADFD");
   writefd = getfd("SSLWRITEFD");
