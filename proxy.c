@@ -206,7 +206,7 @@ static unsigned policy(unsigned f)
   else if (*v) {
     f |= SMTP_REQUIRETLS;
     for (n = 0; n < 32 && v[n] >= ' ' && v[n] < 127; n++) ;
-    if (strcmp(v, "!")) warn("UCSPITLS=%.*s%s is no policy known here: TLS required", n, v, v[n] ? "..." : "");
+    if (strcmp(v, "!") != 0) warn("UCSPITLS=%.*s%s is no policy known here: TLS required", n, v, v[n] ? "..." : "");
   }
   unsetenv("UCSPITLS");
   return f;

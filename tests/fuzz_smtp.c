@@ -25,7 +25,10 @@
  * such bytes in what the client sent.
  *
  * Flag 16 turns -e on: at STARTTLS the smtpd hears no RSET, and after the
- * handshake a new model smtpd greets, which the client must never see. */
+ * handshake a new model smtpd greets, which the client must never see.
+ *
+ * Flag 32 turns SMTP_NOTLS on (UCSPITLS=-): the engine never asks for a
+ * handshake, and no STARTTLS reaches the smtpd (the model's or another). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,6 +288,7 @@ static void model_frame(void)
     if (!(s = side_line(d, &len))) return;
     /* no password in clear: AUTH reaches the smtpd only over TLS or with -a */
     if (verb(s, len, "auth")) invariant(e.tls || (e.flags & SMTP_PLAINAUTH));
+    if (verb(s, len, "starttls")) invariant(!(e.flags & SMTP_NOTLS));
     mpending[mtail++] = verb(s, len, "data") ? K_DATA : verb(s, len, "ehlo") ? K_EHLO : K_OTHER;
   }
 }
@@ -357,7 +361,8 @@ static int modelled(const unsigned char *d, size_t n)
 {
   size_t i = 1;
   /* -r or not; -a only with -L: else the relay would take over */
-  unsigned flags = (d[0] & 1) | (d[0] & 8 ? SMTP_GUARD | (d[0] & 2) : 0) | (d[0] & 16 ? SMTP_FRESH : 0);
+  unsigned flags = (d[0] & 1) | (d[0] & 8 ? SMTP_GUARD | (d[0] & 2) : 0) | (d[0] & 16 ? SMTP_FRESH : 0)
+                   | (d[0] & 32 ? SMTP_NOTLS : 0);
   memset(&cmd, 0, sizeof cmd);
   ncmd = nreplies = 0;
   side_reset(&client_side);
@@ -449,7 +454,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, size_t n)
   size_t i = 1;
   if (!n) return 0;
   if (d[0] & 4) return modelled(d, n);
-  smtp_init(&e, (d[0] & 3) | (d[0] & 8 ? SMTP_GUARD : 0) | (d[0] & 16 ? SMTP_FRESH : 0));
+  smtp_init(&e, (d[0] & 3) | (d[0] & 8 ? SMTP_GUARD : 0) | (d[0] & 16 ? SMTP_FRESH : 0)
+              | (d[0] & 32 ? SMTP_NOTLS : 0));
   while (i + 2 <= n) {
     unsigned op = d[i] % 4, len = d[i + 1];
     const unsigned char *data = d + i + 2;
@@ -504,6 +510,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, size_t n)
         break;
       }
     }
+    if (e.flags & SMTP_NOTLS) invariant(smtp_status(&e) != SMTP_STARTTLS);
     /* from the 220 on, the client is not read until the handshake is done */
     if (before == SMTP_STARTTLS && smtp_status(&e) == SMTP_STARTTLS)
       invariant(smtp_client_room(&e, &p) == 0);
