@@ -195,7 +195,8 @@ static char **options(char **argv)
  * read it too), is this session's TLS policy, and wins over -r: "-"
  * STARTTLS not offered, empty the default, "!" TLS required; any other
  * value (s/qmail's "?" and "@" among them) requires TLS, with a warning.
- * It is ours: the smtpd, which might act on it again, does not get it. */
+ * It is ours: secret() keeps it from the smtpd, which might act on it
+ * again. */
 static unsigned policy(unsigned f)
 {
   const char *v = getenv("UCSPITLS");
@@ -208,7 +209,6 @@ static unsigned policy(unsigned f)
     for (n = 0; n < 32 && v[n] >= ' ' && v[n] < 127; n++) ;
     if (strcmp(v, "!") != 0) warn("UCSPITLS=%.*s%s is no policy known here: TLS required", n, v, v[n] ? "..." : "");
   }
-  unsetenv("UCSPITLS");
   return f;
 }
 
@@ -223,15 +223,15 @@ static int getfd(const char *name)
   return -1;
 }
 
-/* What the smtpd must not learn: our descriptors, and the configuration
- * of the TLS side, which s6-tlsd-io (s6-networking) and sslserver
- * (ucspi-ssl) read from the environment they leave to the application:
- * where the key and certificates live, the key's password, the identity
- * and root the TLS engine takes. */
+/* What the smtpd must not learn: our descriptors and our policy
+ * (policy()), and the configuration of the TLS side, which s6-tlsd-io
+ * (s6-networking) and sslserver (ucspi-ssl) read from the environment
+ * they leave to the application: where the key and certificates live,
+ * the key's password, the identity and root the TLS engine takes. */
 static int secret(const char *s)
 {
   static const char *const exact[] = {
-    "SSLCTLFD", "SSLREADFD", "SSLWRITEFD",
+    "SSLCTLFD", "SSLREADFD", "SSLWRITEFD", "UCSPITLS",
     /* s6-tlsd-io */
     "CERTFILE", "KEYFILE", "CAFILE", "CADIR", "TLS_UID", "TLS_GID",
     /* sslserver, beyond those */
