@@ -79,8 +79,9 @@ def session(site, port, src, tls):
 
 def refused(site, port, src, send=b""):
     """A connection from src straight to the chain: it ends without a byte
-    for the client, and no smtpd starts."""
+    for the client, and no smtpd starts. Returns the chain's log lines of it."""
     before = sorted(os.listdir(site.sessions))
+    mark = site.mark()
     c = connect(src, port)
     if send:
         c.send(send)
@@ -99,6 +100,7 @@ def refused(site, port, src, send=b""):
     check(got == b"", "%s got %r" % (src, got))
     check(sorted(os.listdir(site.sessions)) == before,
           "an smtpd started: %s" % sorted(set(os.listdir(site.sessions)) - set(before)))
+    return site.logtext()[mark:]
 
 
 def proxyproto(kind, version):
@@ -119,11 +121,13 @@ def proxyproto(kind, version):
         c.close()
         check(all((" ip %s: " % DASH) in l for l in site.proxy_lines(mark)), DASH)
         # not the balancer: the first rules refuse, before any header is read
-        refused(site, bport, DASH, b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 25\r\nEHLO c\r\n")
+        # (a well-formed header: had the rules let it through, proxy-server
+        # would have taken it and an smtpd greeted)
+        log = refused(site, bport, DASH, b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 25\r\nEHLO c\r\n")
+        check("proxy-server" not in log, "the chain went past the rules: %r" % log)
         # the balancer's address with a garbage header: proxy-server ends it
-        refused(site, bport, BALANCER, b"GARBAGE / HTTP/1.0\r\n\r\nEHLO c\r\nMAIL FROM:<a@x.test>\r\n")
-        log = site.logtext()
-        check("proxy-server" in log, "proxy-server said nothing of the garbage: %s" % log[-2000:])
+        log = refused(site, bport, BALANCER, b"GARBAGE / HTTP/1.0\r\n\r\nEHLO c\r\nMAIL FROM:<a@x.test>\r\n")
+        check("proxy-server: " in log and ": fatal: " in log, "proxy-server said nothing of the garbage: %r" % log)
     finally:
         site.close()
 

@@ -75,12 +75,11 @@ def listening(port, timeout=15):
     want = ":%04X" % port
     end = time.time() + timeout
     while time.time() < end:
-        for table in ("/proc/net/tcp",):
-            with open(table) as f:
-                for line in f.readlines()[1:]:
-                    w = line.split()
-                    if w[1].endswith(want) and w[3] == "0A":
-                        return
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                w = line.split()
+                if w[1].endswith(want) and w[3] == "0A":   # LISTEN
+                    return
         time.sleep(0.02)
     raise AssertionError("nothing listens on port %d" % port)
 
@@ -130,33 +129,31 @@ class Site:
         self.logf = open(self.log, "ab")
 
     def subs(self, port, extra=()):
-        return [("/etc/smtpd", self.dir), ("/etc/ssl/mx.pem", self.cert), ("/etc/ssl/mx.key", self.key),
-                ("#!/bin/execlineb", "#!" + shutil.which("execlineb")), ("qmaild", "root"),
-                ("s6-tcpserver 0.0.0.0 25", "s6-tcpserver 127.0.0.1 %d" % port),
-                (" 0 25 ", " 127.0.0.1 %d " % port),
-                ("qmail-smtpd", self.smtpd)] + list(extra)
+        """The paths, the port, the account of every recipe, each for
+        whichever recipe has it (a leading "?"), then extra, which must
+        each be in the recipe's text."""
+        return [("?/etc/smtpd", self.dir), ("?/etc/ssl/mx.pem", self.cert), ("?/etc/ssl/mx.key", self.key),
+                ("?#!/bin/execlineb", "#!" + shutil.which("execlineb")), ("?qmaild", "root"),
+                ("?s6-tcpserver 0.0.0.0 25", "s6-tcpserver 127.0.0.1 %d" % port),
+                ("? 0 25 ", " 127.0.0.1 %d " % port),
+                ("?qmail-smtpd", self.smtpd)] + list(extra)
 
     def install(self, name, subs):
-        """README's recipe NAME written here, subs applied (each must find
-        its text in some block, unless marked optional with a leading '?');
-        returns {README path: installed path}."""
+        """README's recipe NAME written here, each (old, new) of subs
+        applied; returns {README path: installed path}."""
         files = blocks(name)
         used = "".join(files.values())
+        for old, _ in subs:
+            check(old.startswith("?") or old in used, "recipe %s: %r is not in README's text" % (name, old))
         where = {}
         for path, body in files.items():
             for old, new in subs:
-                body = body.replace(old.lstrip("?"), new)
-            dest = path.replace("/etc/smtpd", self.dir).replace("/etc/haproxy", self.dir)
+                body = body.replace(old[1:] if old.startswith("?") else old, new)
+            dest = os.path.join(self.dir, os.path.basename(path))
             with open(dest, "w") as f:
                 f.write(body)
             os.chmod(dest, 0o755)
             where[path] = dest
-        for old, _ in subs:
-            if not old.startswith("?") and old not in used:
-                # the generic ones are for whichever recipe has them
-                if old not in ("/etc/ssl/mx.pem", "/etc/ssl/mx.key", "#!/bin/execlineb", "qmaild",
-                               "s6-tcpserver 0.0.0.0 25", " 0 25 ", "qmail-smtpd", "/etc/smtpd"):
-                    raise AssertionError("recipe %s: %r is not in README's text" % (name, old))
         return where
 
     def path(self):
