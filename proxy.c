@@ -89,6 +89,30 @@ static char **options(char **argv)
   return argv;
 }
 
+/* UCSPITLS, which the access rules set per client (fixsmtpio and s/qmail
+ * read it too), is this session's TLS policy, and wins over -r: "-"
+ * STARTTLS not offered, empty the default, "!" TLS required; any other
+ * value (s/qmail's "?" and "@" among them) requires TLS, with a warning.
+ * It is ours: smtpd_environ() keeps it from the smtpd, which might act on
+ * it again. */
+static unsigned policy(unsigned f)
+{
+  const char *v = getenv("UCSPITLS");
+  char shown[36];
+  size_t n;
+  if (!v) return f;
+  f &= ~(unsigned)SMTP_REQUIRETLS;
+  if (!strcmp(v, "-")) return f | SMTP_NOTLS;
+  if (!*v) return f;
+  if (strcmp(v, "!") != 0) {
+    /* what the log shows of it: printable, at most 32 octets */
+    for (n = 0; n < 32 && v[n] >= ' ' && v[n] < 127; n++) shown[n] = v[n];
+    memcpy(shown + n, v[n] ? "..." : "", v[n] ? 4 : 1);
+    warn("UCSPITLS=%s is no policy known here: TLS required", shown);
+  }
+  return f | SMTP_REQUIRETLS;
+}
+
 /* Once the smtpd's output has ended, everything ends within this. */
 static unsigned long drainbound(void)
 {
@@ -433,6 +457,7 @@ int main(int argc, char **argv)
   end_role(fresh ? ROLE_SUPERVISOR : ROLE_PROXY, 0);
   end_drain_bound(drainbound());
   if (!*smtpd_argv) fatal(100, "%s", USAGE);
+  flags = policy(flags);
   ctlfd = getfd("SSLCTLFD");
   readfd = getfd("SSLREADFD");
   writefd = getfd("SSLWRITEFD");

@@ -15,7 +15,7 @@ enum reply {
   R_TLSFIRST, R_BADSEQ, R_UNKNOWN, R_STARTTLSARGS, R_PIPELINED, R_AFTERSTARTTLS,
   R_DECLINED, R_BDATARGS, R_TLSREADY, R_TLSUNAVAIL, R_TOOLONG, R_BADLINE, R_EMPTY,
   R_EHLOFIRST, R_ERRORS, R_GONE, R_BROKEN, R_TIMEOUT, R_TLSACTIVE, R_BARELF, R_BARECR,
-  R_NUL, R_REFUSED, R_BDATCLOSE, R_CHUNKBIG, R_HTTP, R_TRUSTED, R_REQUIRETLS
+  R_NUL, R_REFUSED, R_BDATCLOSE, R_CHUNKBIG, R_HTTP, R_TRUSTED, R_REQUIRETLS, R_NOTOFFERED
 };
 
 static const char *const replies[] = {
@@ -46,7 +46,8 @@ static const char *const replies[] = {
   "552 5.3.4 BDAT chunk over 2147483647 octets: refused\r\n",
   "421 4.7.0 HTTP request refused, closing connection\r\n",
   "550 5.7.0 XCLIENT and XFORWARD are only for a trusted proxy\r\n",
-  "530 5.7.10 REQUIRETLS needs TLS: issue STARTTLS first\r\n"
+  "530 5.7.10 REQUIRETLS needs TLS: issue STARTTLS first\r\n",
+  "502 5.5.1 STARTTLS not offered to this client\r\n"
 };
 
 static unsigned qkind(const struct smtp *e, unsigned i)
@@ -124,6 +125,13 @@ void smtp_init(struct smtp *e, unsigned flags)
   e->phase = SMTP_P_PLAIN;
   e->rkind = -1;
   qpush(e, Q_FWD); /* the greeting */
+  /* declined from the start; the engine stays even with -a, so that
+   * STARTTLS is refused by us rather than passed to the smtpd, until an
+   * AUTH that -a lets through hands the session to the relay */
+  if (flags & SMTP_NOTLS) {
+    e->declined = 1;
+    e->phase = SMTP_P_COMMANDS;
+  }
 }
 
 static int lower(int c)
@@ -239,7 +247,10 @@ static void c_starttls(struct smtp *e, const struct cmd *c)
 {
   size_t i;
   if (gated(e)) { local(e, R_EHLOFIRST); return; }
-  if (incommands(e)) { local(e, e->tls ? R_TLSACTIVE : R_DECLINED); return; }
+  if (incommands(e)) {
+    local(e, e->tls ? R_TLSACTIVE : e->flags & SMTP_NOTLS ? R_NOTOFFERED : R_DECLINED);
+    return;
+  }
   for (i = 0; i < c->arglen; i++)
     if (c->arg[i] != ' ') { local(e, R_STARTTLSARGS); return; }
   if (!c->last) {

@@ -40,6 +40,9 @@
 #define SMTP_GUARD 8         /* -L: only CRLF.CRLF ends DATA; a bare CR or LF (or a NUL
                                 where a dot line could hide) in content refuses the
                                 message; the engine stays in the middle after TLS too */
+#define SMTP_NOTLS 16        /* STARTTLS not offered: the session starts declined, the
+                                engine in the middle (STARTTLS stripped from EHLO replies
+                                and refused, AUTH hidden unless SMTP_PLAINAUTH) */
 
 /* what smtp_status() asks of the caller */
 enum smtp_status {

@@ -28,7 +28,8 @@ static int first_out = -1;   /* its output, left unread, so that its last reply 
 #define ENVMAX 4096
 static char *envbuf[ENVMAX];
 
-/* What the smtpd must not learn: our descriptors, and the configuration
+/* What the smtpd must not learn: our descriptors and our policy
+ * (UCSPITLS, read by proxy.c), and the configuration
  * of the TLS side, which s6-tlsd-io (s6-networking) and sslserver
  * (ucspi-ssl) read from the environment they leave to the application:
  * where the key and certificates live, the key's password, the identity
@@ -36,7 +37,7 @@ static char *envbuf[ENVMAX];
 static int secret(const char *s)
 {
   static const char *const exact[] = {
-    "SSLCTLFD", "SSLREADFD", "SSLWRITEFD",
+    "SSLCTLFD", "SSLREADFD", "SSLWRITEFD", "UCSPITLS",
     /* s6-tlsd-io */
     "CERTFILE", "KEYFILE", "CAFILE", "CADIR", "TLS_UID", "TLS_GID",
     /* sslserver, beyond those */

@@ -34,7 +34,10 @@
  * and how much of it is left: an engine that frames a chunk the smtpd does
  * not (or the reverse) is a finding, whatever the chunk holds. Under -L
  * the smtpd's DATA content never ends with a CR: the next byte could make
- * it a bare one. */
+ * it a bare one.
+ *
+ * Flag 64 turns SMTP_NOTLS on (UCSPITLS=-): the engine never asks for a
+ * handshake, and no STARTTLS reaches the smtpd (the model's or another). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -301,6 +304,7 @@ static void model_frame(void)
     /* no password in clear: AUTH reaches the smtpd only over TLS or with -a */
     if (verb(s, len, "auth")) invariant(e.tls || (e.flags & SMTP_PLAINAUTH));
     if (d->mode == F_CHUNK) continue;
+    if (verb(s, len, "starttls")) invariant(!(e.flags & SMTP_NOTLS));
     mpending[mtail++] = verb(s, len, "data") ? K_DATA : verb(s, len, "ehlo") ? K_EHLO : K_OTHER;
   }
 }
@@ -381,7 +385,8 @@ static int modelled(const unsigned char *d, size_t n)
 {
   size_t i = 1;
   /* -r or not; -a only with -L: else the relay would take over */
-  unsigned flags = (d[0] & 1) | (d[0] & 8 ? SMTP_GUARD | (d[0] & 2) : 0) | (d[0] & 16 ? SMTP_FRESH : 0);
+  unsigned flags = (d[0] & 1) | (d[0] & 8 ? SMTP_GUARD | (d[0] & 2) : 0) | (d[0] & 16 ? SMTP_FRESH : 0)
+                   | (d[0] & 64 ? SMTP_NOTLS : 0);
   mod32 = (d[0] & 32) != 0;
   memset(&cmd, 0, sizeof cmd);
   ncmd = nreplies = 0;
@@ -477,7 +482,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, size_t n)
   size_t i = 1;
   if (!n) return 0;
   if (d[0] & 4) return modelled(d, n);
-  smtp_init(&e, (d[0] & 3) | (d[0] & 8 ? SMTP_GUARD : 0) | (d[0] & 16 ? SMTP_FRESH : 0));
+  smtp_init(&e, (d[0] & 3) | (d[0] & 8 ? SMTP_GUARD : 0) | (d[0] & 16 ? SMTP_FRESH : 0)
+              | (d[0] & 64 ? SMTP_NOTLS : 0));
   while (i + 2 <= n) {
     unsigned op = d[i] % 4, len = d[i + 1];
     const unsigned char *data = d + i + 2;
@@ -532,6 +538,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *d, size_t n)
         break;
       }
     }
+    if (e.flags & SMTP_NOTLS) invariant(smtp_status(&e) != SMTP_STARTTLS);
     /* from the 220 on, the client is not read until the handshake is done */
     if (before == SMTP_STARTTLS && smtp_status(&e) == SMTP_STARTTLS)
       invariant(smtp_client_room(&e, &p) == 0);

@@ -351,6 +351,51 @@ static void requiretls_hides_auth(void)
   CHECK_STR(toclient(), "250-mx.example\r\n250 STARTTLS\r\n");
 }
 
+/* UCSPITLS=-: declined from the greeting on, the engine in the middle */
+static void notls_policy(void)
+{
+  greeted(SMTP_NOTLS | SMTP_REQUIRETLS);
+  CHECK(e.phase == SMTP_P_COMMANDS);
+  client("EHLO x\r\n");
+  CHECK_STR(toserver(), "EHLO x\r\n");
+  server("250-mx.example\r\n250-STARTTLS\r\n250-AUTH PLAIN\r\n250 SIZE 10\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250 SIZE 10\r\n");
+  client("STARTTLS\r\nAUTH PLAIN AGFAYg==\r\n");
+  CHECK_STR(toserver(), "");
+  CHECK_STR(toclient(), "502 5.5.1 STARTTLS not offered to this client\r\n"
+                        "530 5.7.0 Must issue a STARTTLS command first\r\n");
+  client("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+  CHECK_STR(toserver(), "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  CHECK(e.phase == SMTP_P_COMMANDS);
+}
+
+static void notls_plainauth(void)
+{
+  greeted(SMTP_NOTLS | SMTP_PLAINAUTH);
+  client("EHLO x\r\n");
+  toserver();
+  server("250-mx.example\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n");
+  CHECK_STR(toclient(), "250-mx.example\r\n250 AUTH PLAIN\r\n");
+  client("STARTTLS\r\n");
+  CHECK_STR(toclient(), "502 5.5.1 STARTTLS not offered to this client\r\n");
+  CHECK(smtp_status(&e) == SMTP_RUN);
+  client("AUTH PLAIN AGFAYg==\r\n");
+  CHECK_STR(toserver(), "AUTH PLAIN AGFAYg==\r\n");
+  CHECK(smtp_status(&e) == SMTP_RELAY);
+}
+
+/* the smtpd's own single-line reply after HELO stays as it is */
+static void notls_helo(void)
+{
+  greeted(SMTP_NOTLS);
+  client("HELO x\r\n");
+  CHECK_STR(toserver(), "HELO x\r\n");
+  server("250 mx.example\r\n");
+  CHECK_STR(toclient(), "250 mx.example\r\n");
+  CHECK(e.phase == SMTP_P_COMMANDS);
+}
+
 static void local_replies(void)
 {
   greeted(0);
@@ -1933,5 +1978,8 @@ int main(void)
   RUN(trusted_verbs_refused);
   RUN(http_request_closes);
   RUN(unknown_verbs_counted);
+  RUN(notls_policy);
+  RUN(notls_plainauth);
+  RUN(notls_helo);
   return check_failures != 0;
 }
