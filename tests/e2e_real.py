@@ -124,14 +124,19 @@ def seed_command_line_applyuidgid(flavour, _):
         bed.close()
 
 
-# what the application (the proxy) is given, as the shell before it sees it
-DUMP = ('env -0 >"$0/app-env"; for f in /proc/$$/fd/*; do echo "${f##*/} $(readlink $f)"; done'
-        ' >"$0/app-fds"; exec "$@"')
+# what the application (the proxy) is given, as the shell before it sees
+# it; through a pipeline, which the shell redirects nothing of its own for
+# (dash keeps a copy of fd 1 at fd 10 around "ls >file")
+DUMP = 'env -0 | cat >"$0/app-env"; ls -l /proc/$$/fd | cat >"$0/app-fds"; exec "$@"'
 
 
 def given(bed):
     env = dict(e.split("=", 1) for e in (bed.file("app-env") or b"").decode().split("\0") if "=" in e)
-    fds = dict(l.split(" ", 1) for l in (bed.file("app-fds") or b"").decode().splitlines())
+    fds = {}
+    for l in (bed.file("app-fds") or b"").decode().splitlines():
+        if " -> " in l:
+            left, what = l.split(" -> ", 1)
+            fds[left.split()[-1]] = what
     return env, fds
 
 
