@@ -259,7 +259,9 @@ class Bed:
             if not self.real:
                 with open("/proc/%d/cmdline" % pid, "rb") as f:
                     return b"ucspitlsd.py" in f.read()
-            return os.path.basename(os.readlink("/proc/%d/exe" % pid)) in ("s6-tlsd-io", "sslserver")
+            # s6-ucspitlsd's child holds the socket while it waits for the command
+            return os.path.basename(os.readlink("/proc/%d/exe" % pid)) in (
+                "s6-ucspitlsd", "s6-tlsd-io", "sslserver")
         except OSError:
             return False
 
