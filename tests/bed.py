@@ -120,9 +120,10 @@ class Bed:
     what clients connect to: set it to the front listener's port)."""
 
     def __init__(self, flavour, opts=(), smtpd_opts=(), app=None, env=None, server_opts=(),
-                 front=(), ucspitlsd_opts=()):
+                 front=(), ucspitlsd_opts=(), folder=None):
         cert, key = certificate()
-        self.dir = tempfile.mkdtemp(prefix="bed-", dir=WORK)
+        # folder: the bed's folder made by the caller, whose app must name it
+        self.dir = folder or tempfile.mkdtemp(prefix="bed-", dir=WORK)
         self.log = os.path.join(self.dir, "ucspitlsd.log")
         self.stderr_path = os.path.join(self.dir, "stderr")
         self.marker = os.path.basename(self.dir)
@@ -258,7 +259,9 @@ class Bed:
             if not self.real:
                 with open("/proc/%d/cmdline" % pid, "rb") as f:
                     return b"ucspitlsd.py" in f.read()
-            return os.path.basename(os.readlink("/proc/%d/exe" % pid)) in ("s6-tlsd-io", "sslserver")
+            # s6-ucspitlsd's child holds the socket while it waits for the command
+            return os.path.basename(os.readlink("/proc/%d/exe" % pid)) in (
+                "s6-ucspitlsd", "s6-tlsd-io", "sslserver")
         except OSError:
             return False
 

@@ -160,11 +160,12 @@ def exit_status_every_way_a_client_goes(flavour, ropts):
         c.reply()
         c.close()
         bed.wait_exit()
+        # TLSv1.2: s6-tlsd-io on BearSSL 0.6, which has no TLS 1.3
         line = end_line(bed)
         if ropts:
-            check(re.match(r"TLSv1\.3 \S+, s6-ioconnect relays the rest, .*, exit s6-ioconnect's$", line), line)
+            check(re.match(r"TLSv1\.[23] \S+, s6-ioconnect relays the rest, .*, exit s6-ioconnect's$", line), line)
         else:
-            check(re.match(r"TLSv1\.3 \S+, relayed to the end, \d+\.\d{3} s, 18 bytes in, \d+ out, exit 0$",
+            check(re.match(r"TLSv1\.[23] \S+, relayed to the end, \d+\.\d{3} s, 18 bytes in, \d+ out, exit 0$",
                            line), line)
     finally:
         bed.close()

@@ -104,12 +104,12 @@ def seed_command_line_applyuidgid(flavour, _):
     """README's s6 command line: s6-ucspitlsd, s6-applyuidgid -Uz, the
     proxy, the smtpd; CERTFILE, KEYFILE, UID, GID, GIDLIST set. The smtpd
     runs as the account given, without any of those variables."""
-    d = tempfile.mkdtemp(prefix="seed-", dir=WORK)
+    d = tempfile.mkdtemp(prefix="bed-", dir=WORK)
     os.chmod(d, 0o777)
     prog, smtpd = reachable(PROG), reachable(SMTPD[1])
     # the system's python: the one running the tests may sit under /root
     python = shutil.which("python3", path="/usr/bin:/bin") or SMTPD[0]
-    bed = Bed(flavour, app=["s6-applyuidgid", "-Uz", prog, python, smtpd, d],
+    bed = Bed(flavour, folder=d, app=["s6-applyuidgid", "-Uz", prog, python, smtpd, d],
               env={"UID": "65534", "GID": "65534", "GIDLIST": "65534"})
     try:
         msg = message()
@@ -122,17 +122,21 @@ def seed_command_line_applyuidgid(flavour, _):
             check(n not in names, "the smtpd's environment holds %s" % n)
     finally:
         bed.close()
-        shutil.rmtree(d, ignore_errors=True)
 
 
-# what the application (the proxy) is given, as the shell before it sees it
-DUMP = ('env -0 >"$0/app-env"; for f in /proc/$$/fd/*; do echo "${f##*/} $(readlink $f)"; done'
-        ' >"$0/app-fds"; exec "$@"')
+# what the application (the proxy) is given, as the shell before it sees
+# it; through a pipeline, which the shell redirects nothing of its own for
+# (dash keeps a copy of fd 1 at fd 10 around "ls >file")
+DUMP = 'env -0 | cat >"$0/app-env"; ls -l /proc/$$/fd | cat >"$0/app-fds"; exec "$@"'
 
 
 def given(bed):
     env = dict(e.split("=", 1) for e in (bed.file("app-env") or b"").decode().split("\0") if "=" in e)
-    fds = dict(l.split(" ", 1) for l in (bed.file("app-fds") or b"").decode().splitlines())
+    fds = {}
+    for l in (bed.file("app-fds") or b"").decode().splitlines():
+        if " -> " in l:
+            left, what = l.split(" -> ", 1)
+            fds[left.split()[-1]] = what
     return env, fds
 
 
@@ -146,7 +150,7 @@ def what_the_servers_give(flavour, _):
     seen = []
     for uopts in ((), ("-Z",)) if flavour == "s6" else ((),):
         d = tempfile.mkdtemp(prefix="given-", dir=WORK)
-        bed = Bed(flavour, ucspitlsd_opts=uopts,
+        bed = Bed(flavour, ucspitlsd_opts=uopts, folder=d,
                   app=["sh", "-c", DUMP, d, PROG] + SMTPD + [d])
         try:
             starttls_mail(bed.port, message())
@@ -167,7 +171,6 @@ def what_the_servers_give(flavour, _):
                 seen.append("stray socket copy at fd %s" % strays)
         finally:
             bed.close()
-            shutil.rmtree(d, ignore_errors=True)
     return Passed("; ".join(seen))
 
 
