@@ -122,12 +122,13 @@ static unsigned long drainbound(void)
 
 /* The session's idle bound from now, while the engine is in the middle:
  * the one place it is computed. */
+static unsigned long idlebound; /* the bound idle_deadline() last chose, for the log */
 static long long idle_deadline(void)
 {
+  idlebound = timeout;
   /* RFC 5321 4.5.3.2.6: the reply to the end of content may take 10 minutes */
-  if (timeout && timeout < SMTP_FINALWAIT && smtp_final_reply_owed(&engine))
-    return io_deadline(SMTP_FINALWAIT);
-  return io_deadline(timeout);
+  if (timeout && timeout < SMTP_FINALWAIT && smtp_final_reply_owed(&engine)) idlebound = SMTP_FINALWAIT;
+  return io_deadline(idlebound);
 }
 
 /* A UCSPI-TLS descriptor: no exec'd process holds it unless given it. */
@@ -178,7 +179,7 @@ static void close_session(void)
     break;
   case SMTP_WHY_TIMEOUT:
     if (drained) warn("the client's side still open %lu ms after the smtpd's output ended: closing", drainbound());
-    else warn("no traffic for %lu ms: closing", timeout);
+    else warn("no traffic for %lu ms: closing", idlebound);
     end(smtp_exitcode(&engine), drained ? "drain bound" : "idle timeout");
     break;
   case SMTP_WHY_SERVER421: end(smtp_exitcode(&engine), "the smtpd answered 421"); break;
