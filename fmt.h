@@ -8,9 +8,10 @@
 #include <stddef.h>
 
 /* Formats into buf (size > 0), always NUL-terminated, cut at size - 1;
- * returns the length written. Conversions: %s, %c, %d, %ld, %lld, %u,
- * %lu, %llu and %%, with an optional '0' flag and width (%03llu) and, for
- * %s, a precision (%.32s). Anything else is copied as it is. */
+ * returns the length written. Conversions: %s (%.32s: at most 32 bytes of
+ * it), %c, %d, %lu and %llu, the last three with an optional width padded
+ * with zeros (%03llu). Nothing else: a '%' before anything else is taken
+ * for %lu. */
 size_t fmt(char *buf, size_t size, const char *f, ...);
 size_t fmt_va(char *buf, size_t size, const char *f, va_list ap);
 

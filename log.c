@@ -28,7 +28,7 @@ void log_tag(void)
     addr[n++] = *ip;
   }
   addr[n] = 0;
-  fmt(tag, sizeof tag, n ? "pid %ld ip %s" : "pid %ld", (long)getpid(), addr);
+  fmt(tag, sizeof tag, n ? "pid %lu ip %s" : "pid %lu", (unsigned long)getpid(), addr);
 }
 
 void log_line(unsigned long level, const char *kind, const char *f, ...)
