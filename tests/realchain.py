@@ -22,7 +22,13 @@ from bed import HERE, PROG, TOP, WORK, Client, certificate
 from e2e import check
 
 README = os.path.join(TOP, "README.md")
-ANCHORS = os.environ.get("ANCHORS", "")
+
+
+def anchors():
+    """The folder build.sh filled: run.py --real sets ANCHORS after this
+    module is imported, so it is read at each use."""
+    return os.environ.get("ANCHORS", "")
+
 # the real chains this project runs under: s6-networking on each TLS
 # backend, and fehcom's sslserver
 KINDS = ("s6-libtls", "s6-bearssl", "sslserver")
@@ -30,11 +36,11 @@ KINDS = ("s6-libtls", "s6-bearssl", "sslserver")
 
 def missing(*tools):
     """Why the real servers (and tools) cannot run here, or None."""
-    if not ANCHORS:
+    if not anchors():
         return "ANCHORS unset: no real super-servers to run README's recipes through"
     for k in KINDS:
         if not os.access(server_bin(k, "sslserver" if k == "sslserver" else "s6-tcpserver"), os.X_OK):
-            return "ANCHORS=%s has no %s build" % (ANCHORS, k)
+            return "ANCHORS=%s has no %s build" % (anchors(), k)
     for t in ("tcprules", "execlineb", "haproxy") + tools:
         if not shutil.which(t):
             return "%s not installed" % t
@@ -46,7 +52,7 @@ def server_bin(kind, name):
         sub = "ucspi-ssl" if name == "sslserver" else "s6"
     else:
         sub = "s6" if kind == "s6-libtls" else "s6-bearssl"
-    return os.path.join(ANCHORS, sub, "bin", name)
+    return os.path.join(anchors(), sub, "bin", name)
 
 
 def blocks(name):
