@@ -187,7 +187,7 @@ def engine(conn, args, sock, ctl, rpipe, wpipe, app):
     """The TLS side of one connection. app: the application's pid when this
     process is its parent (sslserver), else None."""
     def kill_app(why):
-        if app:
+        if app and app not in REAPED:
             log(conn, "sigterm-app", why)
             try:
                 os.kill(app, signal.SIGTERM)
@@ -303,11 +303,29 @@ def handle(conn, args, sock):
         if not pid:
             exec_app()
         log(conn, "app-pid", pid)
+
+        # the application's exit is logged when it happens: the session
+        # may go on to the client's EOF after it (close_notify sent)
+        signal.signal(signal.SIGCHLD, lambda *_: reaped(conn, pid, os.WNOHANG))
         ctl = engine_side()
         engine(conn, args, sock, ctl, r_srv, w_srv, pid)
-        _, status = os.waitpid(pid, 0)
-        log(conn, "app-exit", describe(status))
+        reaped(conn, pid, 0)
         os._exit(0)
+
+
+REAPED = set()  # sslserver flavour: the application, once its exit is logged
+
+
+def reaped(conn, pid, flags):
+    if pid in REAPED:
+        return
+    try:
+        p, status = os.waitpid(pid, flags)
+    except ChildProcessError:
+        return
+    if p:
+        REAPED.add(pid)
+        log(conn, "app-exit", describe(status))
 
 
 def describe(status):
