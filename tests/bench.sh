@@ -12,7 +12,7 @@ mkdir -p "$w"
 build() {
   out=$1 cc=$2
   shift 2
-  $cc -O2 -std=c99 -D_POSIX_C_SOURCE=200809L "$@" -o "$w/$out" proxy.c smtp.c ucspitls.c relay.c io.c smtpd.c end.c signals.c log.c fmt.c
+  $cc -Os -std=c99 -D_POSIX_C_SOURCE=200809L "$@" -o "$w/$out" proxy.c smtp.c ucspitls.c relay.c io.c smtpd.c end.c signals.c log.c fmt.c
   strip "$w/$out"
 }
 cp smtpd-starttls-proxy-io "$w/proxy"
