@@ -98,13 +98,13 @@ static char **options(char **argv)
 static unsigned policy(unsigned f)
 {
   const char *v = getenv("UCSPITLS");
-  char shown[36];
-  size_t n;
   if (!v) return f;
   f &= ~(unsigned)SMTP_REQUIRETLS;
   if (!strcmp(v, "-")) return f | SMTP_NOTLS;
   if (!*v) return f;
   if (strcmp(v, "!") != 0) {
+    char shown[36];
+    size_t n;
     /* what the log shows of it: printable, at most 32 octets */
     for (n = 0; n < 32 && v[n] >= ' ' && v[n] < 127; n++) shown[n] = v[n];
     memcpy(shown + n, v[n] ? "..." : "", v[n] ? 4 : 1);
