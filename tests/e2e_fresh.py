@@ -148,7 +148,10 @@ def fresh_plaintext_unchanged(flavour, _):
 @test(relays=True)
 def fresh_client_drops_in_tls(flavour, ropts):
     """The client closes TLS without QUIT: the smtpd gets EOF, and the exit
-    status is still the smtpd's, though sslserver's SIGTERM came."""
+    status is the smtpd's. sslserver's SIGTERM at the session's end may
+    come before the smtpd's exit or after it (a race, with the real one
+    too): fresh_sigterm_leaves_the_smtpd_its_last_words holds the status
+    when it comes first."""
     bed = Bed(flavour, ("-e",) + ropts, ("--exit-code", "6"))
     try:
         c = Client(bed.port)
@@ -166,8 +169,6 @@ def fresh_client_drops_in_tls(flavour, ropts):
         check(code == "code=6", "exit %s" % code)
         finished(bed, False)
         check(bed.file("end.2") == b"eof", "second smtpd: %r" % bed.file("end.2"))
-        if flavour == "sslserver" and not bed.real:
-            check(any(e[1] == "sigterm-app" for e in bed.events()), "no SIGTERM was sent")
     finally:
         bed.close()
 
