@@ -38,7 +38,8 @@ fi
 # builds it into ANCHORS (make bench ANCHORS=DIR); it takes no options
 if [ -n "${BENCH_PROXY:-}" ]; then
   set -- "$@" other="$BENCH_PROXY"
-elif [ -n "${ANCHORS:-}" ]; then
+fi
+if [ -n "${ANCHORS:-}" ]; then
   set -- "$@" reference="$ANCHORS/s6/bin/smtpd-starttls-proxy-io"
 fi
 uname -srm
