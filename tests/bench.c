@@ -29,7 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAXC 8
+#define MAXC 12
 #define MAXRUNS 99
 #define NSCEN 4
 
