@@ -87,7 +87,7 @@ def second_sigterm(flavour, opts):
         # the test server's TLS engine goes with the client
         c.close()
         check(not bed.leftovers(), "leftovers")
-        check(re.search(r"end: TLSv1\.3 \S+, SIGTERM, .*, smtpd exit 9\n", bed.logtext()), bed.logtext())
+        check(re.search(r"end: TLSv1\.[23] \S+, SIGTERM, .*, smtpd exit 9\n", bed.logtext()), bed.logtext())
     finally:
         bed.close()
         shutil.rmtree(d, ignore_errors=True)
@@ -235,7 +235,8 @@ def traced(pid):
         return not re.search(r"^TracerPid:\s+0$", f.read(), re.M)
 
 
-@test(relays=True)
+@test(relays=True, emulated="under a real server the bed's monitor traces the program already, "
+                            "and a process has one tracer: strace cannot attach")
 def life_no_descriptor_closed_twice(flavour, ropts):
     """Under strace, attached once the session is under way, no process of
     the program closes a descriptor that is not open: sessions in plaintext
