@@ -178,7 +178,7 @@ class Bed:
             lsock.bind(("127.0.0.1", 0))
             lsock.listen(1024)
             self.port = lsock.getsockname()[1]
-            argv = ([os.path.join(bindir, "s6-tcpserverd"), "-c", "1000"] + list(front) +
+            argv = ([os.path.join(bindir, "s6-tcpserverd"), "-c", "1000", "-C", "1000"] + list(front) +
                     [os.path.join(bindir, "s6-tcpserver-access"), "-v0",
                      os.path.join(bindir, "s6-ucspitlsd")] + list(ucspitlsd_opts) + ["--"] + wrapped)
             self.server = subprocess.Popen(argv, stdin=lsock, stdout=subprocess.DEVNULL,
