@@ -18,6 +18,10 @@ writes to LOG, one line per event, as the emulator does:
   cN exec NAME fd0=FLAGS fd1=FLAGS   the application execs NAME (the first
                                  one is the application itself, then -S's
                                  s6-ioconnect, s6-applyuidgid's target...)
+  cN kid-exec NAME fd0=FLAGS fd1=FLAGS   a process the application forked
+                                 (at any depth) execs NAME: -S's s6-ioconnect
+                                 from the proxy's process, -e's smtpds; each
+                                 is left untraced from then on
   cN engine-exec NAME fd0=FLAGS  (s6) s6-ucspitlsd's child execs the TLS
                                  engine: the proxy has just sent y or Y
   cN app-end fd0=FLAGS fd1=FLAGS   the application is exiting, descriptors
@@ -36,8 +40,8 @@ import signal
 import sys
 
 PTRACE_CONT, PTRACE_DETACH, PTRACE_GETEVENTMSG, PTRACE_SEIZE = 7, 17, 0x4201, 0x4206
-O_TRACEEXEC, O_TRACEEXIT = 0x10, 0x40
-EVENT_EXEC, EVENT_EXIT, EVENT_STOP = 4, 6, 128
+O_TRACEFORK, O_TRACEEXEC, O_TRACEEXIT = 0x2, 0x10, 0x40
+EVENT_FORK, EVENT_EXEC, EVENT_EXIT, EVENT_STOP = 1, 4, 6, 128
 WALL = 0x40000000
 
 # the shell line the chain runs the application through: $1 is the FIFO
@@ -79,6 +83,14 @@ def children(pid):
             return [int(x) for x in f.read().split()]
     except OSError:
         return []
+
+
+def parent(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None
 
 
 def stopped(pid):
@@ -132,7 +144,9 @@ def main():
                     logf.write("%s client-socket %s\n" % (name, link[8:-1]))
             except OSError:
                 pass
-            if ptrace(PTRACE_SEIZE, pid, 0, O_TRACEEXEC | O_TRACEEXIT) == 0:
+            # its forks are followed (they inherit these options) up to
+            # their exec: that is where -S hands the socket to s6-ioconnect
+            if ptrace(PTRACE_SEIZE, pid, 0, O_TRACEFORK | O_TRACEEXEC | O_TRACEEXIT) == 0:
                 conn[pid] = (name, "app")
             # s6-ucspitlsd's child, already forked, waits for the command
             for kid in children(pid):
@@ -146,12 +160,25 @@ def main():
                 break
             if not pid:
                 break
-            name, role = conn.get(pid, ("?", "?"))
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 conn.pop(pid, None)
                 continue
+            if pid not in conn:
+                # a new child's first stop may come before its parent's
+                # fork event: it belongs where its parent does
+                conn[pid] = (conn.get(parent(pid), ("?", "?"))[0], "kid")
+            name, role = conn[pid]
             sig, event = os.WSTOPSIG(status), status >> 16
-            if event == EVENT_EXEC:
+            if event == EVENT_FORK:
+                kid = ctypes.c_ulong()
+                ptrace(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(kid))
+                conn[kid.value] = (name, "kid")
+                ptrace(PTRACE_CONT, pid)
+            elif event == EVENT_EXEC and role == "kid":
+                logf.write("%s kid-exec %s fd0=%s fd1=%s\n" % (name, exe(pid), flags(pid, 0), flags(pid, 1)))
+                ptrace(PTRACE_DETACH, pid)
+                conn.pop(pid, None)
+            elif event == EVENT_EXEC:
                 if role == "app":
                     logf.write("%s exec %s fd0=%s fd1=%s\n" % (name, exe(pid), flags(pid, 0), flags(pid, 1)))
                 elif exe(pid) != "s6-ucspitlsd":
@@ -160,6 +187,8 @@ def main():
                     ptrace(PTRACE_DETACH, pid)
                     conn.pop(pid, None)
                     continue
+                ptrace(PTRACE_CONT, pid)
+            elif event == EVENT_EXIT and role == "kid":
                 ptrace(PTRACE_CONT, pid)
             elif event == EVENT_EXIT:
                 code = ctypes.c_ulong()

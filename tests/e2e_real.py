@@ -197,9 +197,10 @@ def what_the_servers_give(flavour, _):
 
 def blocking_everywhere(bed):
     """Every look bedmon.py took at the client socket (fds 0/1 at the
-    application's start and execs, at the TLS engine's exec right after
-    the command, at the application's end) found it blocking."""
-    looks = [e for e in bed.events() if e[1] in ("exec", "engine-exec", "app-end")]
+    application's start and execs, at the exec of each process it forked,
+    at the TLS engine's exec right after the command, at the application's
+    end) found it blocking."""
+    looks = [e for e in bed.events() if e[1] in ("exec", "kid-exec", "engine-exec", "app-end")]
     bad = [" ".join(e) for e in looks if any(w.endswith("=socket:nonblocking") for w in e[2:])]
     check(not bad, "O_NONBLOCK left on the shared socket: %s" % bad)
     return len([w for e in looks for w in e[2:] if "=socket:" in w])
@@ -208,27 +209,40 @@ def blocking_everywhere(bed):
 @test(relays=True, kinds=REAL)
 def nonblocking_never_left_on_the_socket(flavour, ropts):
     """O_NONBLOCK is the open file description's, shared with the TLS
-    engine: at Y (s6: the engine's exec), at -S's exec of s6-ioconnect, at
-    the end, in STARTTLS and plaintext sessions, the socket is blocking."""
+    engine: at Y (s6: the engine's exec), at -S's exec of s6-ioconnect
+    (after TLS, and in plaintext once -a's AUTH hands the socket itself
+    over), at the end, in STARTTLS and plaintext sessions, the socket is
+    blocking."""
     looked = 0
-    for tls in (True, False):
-        bed = Bed(flavour, ropts)
+    for how in ("tls", "plain", "auth"):
+        bed = Bed(flavour, ropts + (("-a",) if how == "auth" else ()),
+                  smtpd_opts=("--auth",) if how == "auth" else ())
         try:
             c = Client(bed.port)
             c.reply()
-            if tls:
+            if how == "tls":
                 c.send(b"STARTTLS\r\n")
                 c.reply()
                 c.starttls()
-            c.send(b"EHLO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
-            c.replies(4)
+            c.send(b"EHLO x\r\n")
+            c.reply()
+            if how == "auth":
+                c.send(b"AUTH PLAIN AGEAYg==\r\n")
+                check(c.reply().startswith(b"235"), "no 235")
+            c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+            c.replies(3)
             c.send(b"Subject: nb\r\n\r\nbody\r\n.\r\nQUIT\r\n")
             check(c.replies(2)[1].startswith(b"221"), "no 221")
             c.close()
-            finished(bed, not tls or flavour == "s6")
+            finished(bed, how != "tls" or flavour == "s6")
             looked += blocking_everywhere(bed)
-            if tls and flavour == "s6":
+            if how == "tls" and flavour == "s6":
                 check(any(e[1] == "engine-exec" for e in bed.events()), bed.events())
+            if how != "plain" and ropts == ("-S",):
+                # s6-ioconnect's exec was seen, with the socket (auth) or the TLS pipes on fds 0/1
+                execs = [e for e in bed.events() if e[1] == "kid-exec" and e[2] == "s6-ioconnect"]
+                check(execs, "%s: no exec of s6-ioconnect seen: %s" % (how, bed.events()))
+                check(how != "auth" or "fd0=socket:blocking" in execs[0], execs)
         finally:
             bed.close()
     return Passed("%d looks at the socket, all blocking" % looked)
