@@ -80,12 +80,10 @@ check-asan:
 VGTESTS = smtplib ,default] ref requiretls auth_ plainauth verbose starttls_injection \
 	session_timeout handshake_failure
 # (strace cannot watch a program that runs under valgrind: the descriptor
-# test runs in every other target; idle_after_commit, with its 1000 ms
-# bounds, timed out in a whole memcheck run and passed alone: left out
-# here until the cause is known, it runs in every other target)
+# test runs in every other target)
 check-valgrind: $(PROG)
 	VALGRIND=1 INSTRUMENTED=1 BIG_MB=2 LOSS_SESSIONS=20 LOAD_SESSIONS=20 $(PYTHON) tests/run.py --e2e $(VGTESTS) \
-	  '~life_no_descriptor_closed_twice' '~idle_after_commit'
+	  '~life_no_descriptor_closed_twice'
 
 # the built-in relay's portable read/write path, which Linux builds replace
 # by splice(2): built without it, checked for it, run through the relay tests
