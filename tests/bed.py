@@ -52,7 +52,7 @@ SERVER_LINE = re.compile(r"^(s6-tcpserverd|s6-tcpserver-access|s6-ucspitlsd|s6-t
 
 
 # what the real servers' log holds (bedmon.py); the emulator logs more
-REAL_EVENTS = ("app-pid", "client-socket", "app-exit", "exec", "engine-exec", "app-end")
+REAL_EVENTS = ("app-pid", "client-socket", "app-exit", "exec", "kid-exec", "engine-exec", "app-end")
 
 
 class Unavailable(Exception):

@@ -16,12 +16,17 @@ writes to LOG, one line per event, as the emulator does:
   cN app-pid P                   the Nth application, in the order seen
   cN client-socket INODE         what its fd 0 is when it starts
   cN exec NAME fd0=FLAGS fd1=FLAGS   the application execs NAME (the first
-                                 one is the application itself, then -S's
-                                 s6-ioconnect, s6-applyuidgid's target...)
+                                 one is the application itself, then the
+                                 smtpd, s6-applyuidgid's target...)
   cN kid-exec NAME fd0=FLAGS fd1=FLAGS   a process the application forked
                                  (at any depth) execs NAME: -S's s6-ioconnect
                                  from the proxy's process, -e's smtpds; each
-                                 is left untraced from then on
+                                 is left untraced from then on. One that
+                                 never execs (the proxy's own process without
+                                 -S) stays traced to its end: its signals
+                                 pass through here as the application's do.
+                                 Run as root (CAP_SYS_PTRACE), a traced exec
+                                 of a set-uid program (exim) keeps its rights.
   cN engine-exec NAME fd0=FLAGS  (s6) s6-ucspitlsd's child execs the TLS
                                  engine: the proxy has just sent y or Y
   cN app-end fd0=FLAGS fd1=FLAGS   the application is exiting, descriptors
@@ -85,20 +90,34 @@ def children(pid):
         return []
 
 
-def parent(pid):
+def stat(pid):
+    """The fields of /proc/PID/stat after the command's name: state,
+    parent, ...; None once it is gone."""
     try:
         with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError):
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+
+
+def parent(pid):
+    fields = stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def stopped(pid):
+    fields = stat(pid)
+    return fields[0] in ("T", "t") if fields else None
+
+
+def ours(pid):
+    """Whether this process traces pid (a kid may be gone, or let go and
+    its pid taken by another, by the time its parent's fork is seen)."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+        with open("/proc/%d/status" % pid) as f:
+            return any(l.split() == ["TracerPid:", str(os.getpid())] for l in f)
     except OSError:
-        return None
+        return False
 
 
 def main():
@@ -117,7 +136,7 @@ def main():
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    conn = {}      # traced pid -> (cN, "app" | "engine")
+    conn = {}      # traced pid -> (cN, "app" | "engine" | "kid")
     pending = b""
     n = 0
     while True:
@@ -172,7 +191,8 @@ def main():
             if event == EVENT_FORK:
                 kid = ctypes.c_ulong()
                 ptrace(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(kid))
-                conn[kid.value] = (name, "kid")
+                if ours(kid.value):
+                    conn[kid.value] = (name, "kid")
                 ptrace(PTRACE_CONT, pid)
             elif event == EVENT_EXEC and role == "kid":
                 logf.write("%s kid-exec %s fd0=%s fd1=%s\n" % (name, exe(pid), flags(pid, 0), flags(pid, 1)))
