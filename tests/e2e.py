@@ -8,6 +8,7 @@ import shutil
 import smtplib
 import socket
 import ssl
+import struct
 import subprocess
 import time
 
@@ -716,6 +717,43 @@ def handshake_failure(flavour, _):
         check(bed.commands() == ["RSET"], bed.commands())
     finally:
         bed.close()
+
+
+@test()
+def client_resets_before_handshake(flavour, _):
+    """The client resets the connection between STARTTLS's 220 and the
+    handshake: once with a bare reset (SO_LINGER 0), once after its EOF, as
+    a client's system does when replies reach a socket it has closed (the
+    emulator's handshake once crashed there: Python skips it on a socket
+    with no peer and a clean EOF). The emulator waits 300 ms after the
+    command, as a loaded server may; a real server races the reset. The
+    handshake fails, the session ends, sslserver SIGTERMs the app,
+    nothing remains."""
+    real = bed_real()
+    for way in ("reset", "eof_then_reset"):
+        bed = Bed(flavour, ("-v", "2"), server_opts=() if real else ("--handshake-delay", "300"))
+        try:
+            c = Client(bed.port)
+            c.reply()
+            c.send(b"EHLO x\r\nSTARTTLS\r\n")
+            check(c.replies(2)[1] == b"220 2.0.0 Ready to start TLS\r\n", "no 220")
+            if way == "eof_then_reset":
+                c.sock.shutdown(socket.SHUT_WR)
+                time.sleep(0.05)
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            code = bed.wait_exit(timeout=15)
+            check(code is not None, "%s: the session did not end: %s" % (way, bed.events()))
+            if not real:
+                check("handshake-failed" in [e[1] for e in bed.events()], bed.events())
+            if flavour == "sslserver":
+                check(code == "signal=15", "the app was not SIGTERMed: %s" % code)
+            check(not bed.leftovers(), "%s: leftovers" % way)
+            err = bed.logtext()
+            check("fatal" not in err and "Traceback" not in bed.stderr_text(), err + bed.stderr_text())
+            check(bed.commands() == ["EHLO x", "RSET"], "%s: %s" % (way, bed.commands()))
+        finally:
+            bed.close()
 
 
 NONBLOCK_APP = r"""

@@ -219,9 +219,16 @@ def engine(conn, args, sock, ctl, rpipe, wpipe, app):
         return
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
+    if args.handshake_delay:
+        time.sleep(args.handshake_delay / 1000)
     try:
         sock.settimeout(30)
         tls = ctx.wrap_socket(sock, server_side=True)
+        if tls.cipher() is None:
+            # wrap_socket skips the handshake, raising nothing, when the
+            # socket has no peer any more (the client reset it): a real
+            # server's handshake fails there
+            raise ConnectionResetError("the client is gone before the handshake")
     except (ssl.SSLError, OSError) as e:
         log(conn, "handshake-failed", type(e).__name__)
         if args.flavour == "sslserver":
@@ -346,6 +353,8 @@ def main():
                    help="close the control socket at once, as a broken server would")
     p.add_argument("--libtls", action="store_true",
                    help="die, dropping what is unsent, when SSLREADFD's reader goes away early")
+    p.add_argument("--handshake-delay", type=int, default=0, metavar="MS",
+                   help="wait this long after the command before the handshake, as a loaded server may")
     p.add_argument("--block-pad", type=int, default=0,
                    help="one more block entry, SSL_PAD, with a value of this many octets")
     p.add_argument("prog", nargs="+")
