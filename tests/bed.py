@@ -103,6 +103,9 @@ def untag(text):
 
 
 CLOSED = []  # what each closed bed logged, for run.py to show when a test fails
+# the emulator's own crashes, for run.py to fail the test with: a crashed
+# emulator ends no session, and a test that passes beside one proves nothing
+CRASHED = []
 
 
 class Bed:
@@ -297,6 +300,11 @@ class Bed:
         CLOSED.append("%s %s: events %s; stderr %r" % (
             self.kind, self.marker, [" ".join(e) for e in self.events()][-15:],
             self.raw_stderr()[-600:]))
+        err = self.raw_stderr()
+        crash = err.find('ucspitlsd.py", line')
+        if not self.real and crash >= 0:
+            tb = err[err.rfind("Traceback", 0, crash):].strip().splitlines()[:40]
+            CRASHED.append("%s: %s" % (self.marker, " / ".join(l.strip() for l in tb)[-500:]))
         for p in (self.server, self.monitor):
             if p is None:
                 continue

@@ -142,8 +142,11 @@ def main():
         bed.KIND = kind
         t0 = time.time()
         del bed.CLOSED[:]
+        del bed.CRASHED[:]
         try:
             ret = fn(*args)
+            if bed.CRASHED:
+                raise AssertionError("the emulator crashed: %s" % bed.CRASHED[0])
             took = "%.1fs" % (time.time() - t0) if time.time() - t0 > 5 else ""
             if isinstance(ret, e2e.Passed):
                 record(name, "passed", "; ".join(x for x in (ret, took) if x))

@@ -40,6 +40,7 @@ import socket
 import ssl
 import sys
 import time
+import traceback
 
 LOG = None
 
@@ -105,7 +106,14 @@ def pump(conn, tls, rpipe, wpipe, flavour, libtls):
                 except (ssl.SSLError, OSError):
                     return
             else:
-                socket.socket(fileno=os.dup(tls.fileno())).shutdown(socket.SHUT_WR)
+                half = socket.socket(fileno=os.dup(tls.fileno()))
+                try:
+                    half.shutdown(socket.SHUT_WR)
+                except OSError:
+                    # the client is gone (reset): the engine ends
+                    return
+                finally:
+                    half.close()
             halfclosed = True
         if halfclosed and not rpipe_open:
             return
@@ -304,6 +312,10 @@ def handle(conn, args, sock):
             exec_app()
         try:
             engine(conn, args, sock, engine_side(), r_srv, w_srv, None)
+        except Exception:
+            # said, so that the bed fails the test (bed.CRASHED)
+            traceback.print_exc()
+            os._exit(1)
         finally:
             os._exit(0)
     else:
