@@ -28,6 +28,13 @@ it an error). When the session ends the application gets SIGTERM.
 which stops at once, dropping whatever it has not yet sent to the client,
 when the reader of SSLREADFD goes away before the client's EOF.
 
+Fault injection, for what a real server does only by chance:
+--ctl-close-early closes the control socket at once; --handshake-delay MS
+waits after the command before the handshake (a client may reset the
+connection meanwhile); --block-pad N adds an N-octet entry to the block.
+A crash of this program is a defect of the test bed: the engine prints its
+traceback, and the bed fails the test that saw it.
+
 Every event is a line in LOG: "<conn> <event> ...", among them "app-pid N"
 (the pid the application runs as) and "client-socket INODE".
 """
