@@ -83,9 +83,9 @@ def large_transfer_default_relay(flavour, _):
     return Passed("%d of %d transfers of %d MB, none stalled" % (runs, runs, mb))
 
 
-def stalls(flavour, ropts, mb, runs, piece=None, stall=60):
-    """How many of runs transfers of mb MB stalled; every one that did not
-    delivered the body whole."""
+def stalls(flavour, ropts, mb, runs, stall, piece=None):
+    """How many of runs transfers of mb MB stalled (no reply stall seconds
+    after the whole body); every one that did not delivered the body whole."""
     body = big_body(mb)
     want = hashlib.sha256(body).hexdigest()
     stalled = 0
@@ -119,9 +119,9 @@ def large_transfer_libtls_measured(flavour, _):
     runs = int(os.environ.get("BIG_RUNS", "2"))
     stall = int(os.environ.get("BIG_STALL", "15"))
     small = min(mb, 20)  # a write per 1000 octets is slow in Python
-    d = stalls(flavour, (), mb, runs, stall=stall)
-    s = stalls(flavour, ("-S",), mb, runs, stall=stall)
-    p = stalls(flavour, (), small, runs, piece=1000, stall=stall)
+    d = stalls(flavour, (), mb, runs, stall)
+    s = stalls(flavour, ("-S",), mb, runs, stall)
+    p = stalls(flavour, (), small, runs, stall, piece=1000)
     said = ("16 KiB records, %d MB: default relay %d of %d stalled, -S %d of %d; "
             "1000-octet records, %d MB, default relay: %d of %d stalled" % (mb, d, runs, s, runs, small, p, runs))
     print("  libtls: " + said)
