@@ -104,7 +104,8 @@ def untag(text):
 
 CLOSED = []  # what each closed bed logged, for run.py to show when a test fails
 # the emulator's own crashes, for run.py to fail the test with: a crashed
-# emulator ends no session, and a test that passes beside one proves nothing
+# emulator may end no session, or end it for the wrong reason, and a test
+# that passes beside one proves nothing
 CRASHED = []
 
 
@@ -303,7 +304,9 @@ class Bed:
         err = self.raw_stderr()
         crash = err.find('ucspitlsd.py", line')
         if not self.real and crash >= 0:
-            tb = err[err.rfind("Traceback", 0, crash):].strip().splitlines()[:40]
+            # from its Traceback line; a SyntaxError at start-up has none
+            start = err.rfind("Traceback", 0, crash)
+            tb = err[start if start >= 0 else err.rfind("\n", 0, crash) + 1:].strip().splitlines()[:40]
             CRASHED.append("%s: %s" % (self.marker, " / ".join(l.strip() for l in tb)[-500:]))
         for p in (self.server, self.monitor):
             if p is None:

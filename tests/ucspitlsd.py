@@ -29,9 +29,10 @@ which stops at once, dropping whatever it has not yet sent to the client,
 when the reader of SSLREADFD goes away before the client's EOF.
 
 Fault injection, for what a real server does only by chance:
---ctl-close-early closes the control socket at once; --handshake-delay MS
-waits after the command before the handshake (a client may reset the
-connection meanwhile); --block-pad N adds an N-octet entry to the block.
+--ctl-close-early closes the control socket at once; --hangup-wait MS waits,
+after the command and before the handshake, up to MS for the client to hang
+up (as a loaded server may be that late); --block-pad N adds an N-octet
+entry to the block.
 A crash of this program is a defect of the test bed: the engine prints its
 traceback, and the bed fails the test that saw it.
 
@@ -56,7 +57,10 @@ def log(conn, *words):
     if LOG is None:
         return
     line = "%s %s\n" % (conn, " ".join(str(w) for w in words))
-    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        return  # the bed is closed and its folder gone: nobody reads it
     os.write(fd, line.encode())
     os.close(fd)
 
@@ -98,104 +102,115 @@ def pump(conn, tls, rpipe, wpipe, flavour, libtls):
     toapp = toclient = b""
     client_eof = app_eof = halfclosed = False
     rpipe_open = True
-    while True:
-        if client_eof and not toapp and rpipe_open:
-            os.close(rpipe)
-            rpipe_open = False
-        if app_eof and not toclient and not halfclosed:
-            if flavour == "sslserver":
-                # as sslserver's ssl_io: close_notify, then the client's
-                # bytes still go to the application until the client's EOF
+    try:
+        while True:
+            if client_eof and not toapp and rpipe_open:
+                os.close(rpipe)
+                rpipe_open = False
+            if app_eof and not toclient and not halfclosed:
+                if flavour == "sslserver":
+                    # as sslserver's ssl_io: close_notify, then the client's
+                    # bytes still go to the application until the client's EOF
+                    try:
+                        tls.unwrap()
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+                    except (ssl.SSLError, OSError):
+                        return
+                else:
+                    half = socket.socket(fileno=os.dup(tls.fileno()))
+                    try:
+                        half.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        # the client is gone (reset): the engine ends
+                        return
+                    finally:
+                        half.close()
+                halfclosed = True
+            if halfclosed and not rpipe_open:
+                return
+            events = {}
+            if not client_eof and not toapp:
+                events[tls.fileno()] = select.POLLIN
+            if toclient:
+                events[tls.fileno()] = events.get(tls.fileno(), 0) | select.POLLOUT
+            if toapp and rpipe_open:
+                events[rpipe] = select.POLLOUT
+            if not app_eof and not toclient:
+                events[wpipe] = select.POLLIN
+            watch = libtls and rpipe_open and not client_eof
+            if watch:
+                events.setdefault(rpipe, 0)
+            po = select.poll()
+            for fd, ev in events.items():
+                po.register(fd, ev)
+            ready = po.poll(0 if tls.pending() else 600000)
+            if watch and any(fd == rpipe and ev & select.POLLERR for fd, ev in ready):
+                log(conn, "local-reader-gone", "unsent", len(toclient))
+                return
+            if not ready and not tls.pending():
+                log(conn, "tls-idle-timeout")
+                return
+            if not client_eof and not toapp:
                 try:
-                    tls.unwrap()
+                    data = tls.recv(65536)
+                    if data:
+                        toapp = data
+                    else:
+                        client_eof = True
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     pass
-                except (ssl.SSLError, OSError):
-                    return
-            else:
-                half = socket.socket(fileno=os.dup(tls.fileno()))
-                try:
-                    half.shutdown(socket.SHUT_WR)
-                except OSError:
-                    # the client is gone (reset): the engine ends
-                    return
-                finally:
-                    half.close()
-            halfclosed = True
-        if halfclosed and not rpipe_open:
-            return
-        events = {}
-        if not client_eof and not toapp:
-            events[tls.fileno()] = select.POLLIN
-        if toclient:
-            events[tls.fileno()] = events.get(tls.fileno(), 0) | select.POLLOUT
-        if toapp and rpipe_open:
-            events[rpipe] = select.POLLOUT
-        if not app_eof and not toclient:
-            events[wpipe] = select.POLLIN
-        watch = libtls and rpipe_open and not client_eof
-        if watch:
-            events.setdefault(rpipe, 0)
-        po = select.poll()
-        for fd, ev in events.items():
-            po.register(fd, ev)
-        ready = po.poll(0 if tls.pending() else 600000)
-        if watch and any(fd == rpipe and ev & select.POLLERR for fd, ev in ready):
-            log(conn, "local-reader-gone", "unsent", len(toclient))
-            return
-        if not ready and not tls.pending():
-            log(conn, "tls-idle-timeout")
-            return
-        if not client_eof and not toapp:
-            try:
-                data = tls.recv(65536)
-                if data:
-                    toapp = data
-                else:
+                except ssl.SSLEOFError:
+                    # the client's TCP EOF without close_notify: sslserver on
+                    # OpenSSL 3 takes it as an SSL error and ends the session
+                    # at once (the application is SIGTERMed if still running)
+                    log(conn, "tls-eof-unclean")
+                    if flavour == "sslserver":
+                        return
                     client_eof = True
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                pass
-            except ssl.SSLEOFError:
-                # the client's TCP EOF without close_notify: sslserver on
-                # OpenSSL 3 takes it as an SSL error and ends the session
-                # at once (the application is SIGTERMed if still running)
-                log(conn, "tls-eof-unclean")
-                if flavour == "sslserver":
-                    return
-                client_eof = True
-            except (ssl.SSLError, OSError) as e:
-                log(conn, "tls-read-error", type(e).__name__)
-                client_eof = True
-        if toclient:
-            try:
-                toclient = toclient[tls.send(toclient):]
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                pass
-            except (ssl.SSLError, OSError) as e:
-                log(conn, "tls-write-error", type(e).__name__)
-                toclient = b""
-                app_eof = True
-        if toapp and rpipe_open:
-            try:
-                toapp = toapp[os.write(rpipe, toapp):]
-            except BlockingIOError:
-                pass
-            except OSError as e:
-                # the application closed its read pipe while we held its
-                # bytes: s6-tlsd-io dies here, losing what it still held
-                log(conn, "pipe-write-error", e.errno, "lost", len(toclient))
-                if flavour == "s6":
-                    return
-                toapp = b""
-        if not app_eof and not toclient:
-            try:
-                data = os.read(wpipe, 65536)
-                if data:
-                    toclient = data
-                else:
+                except (ssl.SSLError, OSError) as e:
+                    log(conn, "tls-read-error", type(e).__name__)
+                    client_eof = True
+            if toclient:
+                try:
+                    toclient = toclient[tls.send(toclient):]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                except (ssl.SSLError, OSError) as e:
+                    log(conn, "tls-write-error", type(e).__name__)
+                    toclient = b""
                     app_eof = True
-            except BlockingIOError:
-                pass
+            if toapp and rpipe_open:
+                try:
+                    toapp = toapp[os.write(rpipe, toapp):]
+                except BlockingIOError:
+                    pass
+                except OSError as e:
+                    # the application closed its read pipe while we held its
+                    # bytes: s6-tlsd-io dies here, losing what it still held
+                    log(conn, "pipe-write-error", e.errno, "lost", len(toclient))
+                    if flavour == "s6":
+                        return
+                    toapp = b""
+            if not app_eof and not toclient:
+                try:
+                    data = os.read(wpipe, 65536)
+                    if data:
+                        toclient = data
+                    else:
+                        app_eof = True
+                except BlockingIOError:
+                    pass
+    finally:
+        # the engine's end closes its pipes, as a real engine's exit does:
+        # the application's relay sees EOF even while we wait for it
+        if rpipe_open:
+            os.close(rpipe)
+        os.close(wpipe)
+
+
+class NoPeer(OSError):
+    """The client socket has no peer left when the handshake is to start."""
 
 
 def engine(conn, args, sock, ctl, rpipe, wpipe, app):
@@ -234,16 +249,20 @@ def engine(conn, args, sock, ctl, rpipe, wpipe, app):
         return
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
-    if args.handshake_delay:
-        time.sleep(args.handshake_delay / 1000)
+    if args.hangup_wait:
+        po = select.poll()
+        po.register(sock.fileno(), 0)  # a hang-up is always reported
+        po.poll(args.hangup_wait)
     try:
         sock.settimeout(30)
-        tls = ctx.wrap_socket(sock, server_side=True)
+        # an EOF without close_notify raises, as it is an error to OpenSSL 3
+        # (and so to sslserver); pump says what each flavour does with it
+        tls = ctx.wrap_socket(sock, server_side=True, suppress_ragged_eofs=False)
         if tls.cipher() is None:
             # wrap_socket skips the handshake, raising nothing, when the
-            # socket has no peer any more (the client reset it): a real
-            # server's handshake fails there
-            raise ConnectionResetError("the client is gone before the handshake")
+            # socket has no peer any more and its EOF came before the
+            # reset: a real server's handshake fails there
+            raise NoPeer("the client is gone before the handshake")
     except (ssl.SSLError, OSError) as e:
         log(conn, "handshake-failed", type(e).__name__)
         if args.flavour == "sslserver":
@@ -255,8 +274,14 @@ def engine(conn, args, sock, ctl, rpipe, wpipe, app):
     if cmd == b"Y":
         certpem = open(args.cert).read()
         data = block(args.flavour, tls, certpem, args.block_pad)
-        while data:
-            data = data[os.write(ctl, data):]
+        try:
+            while data:
+                data = data[os.write(ctl, data):]
+        except OSError as e:
+            # the application is gone (it died during the handshake)
+            log(conn, "block-write-error", type(e).__name__)
+            kill_app("block-write-error")
+            return
     if args.flavour == "s6":
         os.close(ctl)
     pump(conn, tls, rpipe, wpipe, args.flavour, args.libtls)
@@ -322,6 +347,7 @@ def handle(conn, args, sock):
         except Exception:
             # said, so that the bed fails the test (bed.CRASHED)
             traceback.print_exc()
+            sys.stderr.flush()
             os._exit(1)
         finally:
             os._exit(0)
@@ -372,8 +398,8 @@ def main():
                    help="close the control socket at once, as a broken server would")
     p.add_argument("--libtls", action="store_true",
                    help="die, dropping what is unsent, when SSLREADFD's reader goes away early")
-    p.add_argument("--handshake-delay", type=int, default=0, metavar="MS",
-                   help="wait this long after the command before the handshake, as a loaded server may")
+    p.add_argument("--hangup-wait", type=int, default=0, metavar="MS",
+                   help="before the handshake, wait up to MS for the client to hang up")
     p.add_argument("--block-pad", type=int, default=0,
                    help="one more block entry, SSL_PAD, with a value of this many octets")
     p.add_argument("prog", nargs="+")
