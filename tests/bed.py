@@ -298,10 +298,9 @@ class Bed:
         return (self.file("commands") or b"").decode("latin-1").splitlines()
 
     def close(self, keep=False):
-        CLOSED.append("%s %s: events %s; stderr %r" % (
-            self.kind, self.marker, [" ".join(e) for e in self.events()][-15:],
-            self.raw_stderr()[-600:]))
         err = self.raw_stderr()
+        CLOSED.append("%s %s: events %s; stderr %r" % (
+            self.kind, self.marker, [" ".join(e) for e in self.events()][-15:], err[-600:]))
         crash = err.find('ucspitlsd.py", line')
         if not self.real and crash >= 0:
             # from its Traceback line; a SyntaxError at start-up has none
